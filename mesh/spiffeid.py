@@ -87,7 +87,8 @@ class SpiffeId:
                     raise InvalidSpiffeIdError("SPIFFE ID path has a '.' or '..' segment")
                 if not _SEGMENT_RE.fullmatch(segment):
                     raise InvalidSpiffeIdError(
-                        "SPIFFE ID path segment has a character outside A-Z, a-z, 0-9, '.', '-', '_'"
+                        "SPIFFE ID path segment has a character outside "
+                        "A-Z, a-z, 0-9, '.', '-', '_'"
                     )
         if len(str(self).encode()) > _MAX_ID_BYTES:
             raise InvalidSpiffeIdError(f"SPIFFE ID is longer than {_MAX_ID_BYTES} bytes")
