@@ -1,0 +1,604 @@
+"""The certificate authority: create or open a CA folder, issue, renew and revoke SVIDs.
+
+Every change is ONE registry transaction plus the publication of ``bundle.spiffe.json``,
+``svid_bundle.pem`` and ``crl.pem`` (and, when asked, the service's own files), all under an
+exclusive ``fcntl`` lock on ``<ca_dir>/.lock``: the published bundle always matches the
+registry, whatever number of processes issue at once. Outputs are staged as temporary files
+while the transaction is open; any failure rolls the transaction back and deletes them, so
+the registry and every file stay exactly as they were. Keys and certificates are built
+before the lock is taken, so concurrent issuers only queue for the short write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca import fsio
+from ca.bundle import der_of, ec_coordinates, render_bundle
+from ca.crl import build_crl, parse_reason
+from ca.errors import (
+    AlreadyRevoked,
+    BadCSR,
+    CAError,
+    CAExists,
+    CAKeyMismatch,
+    CANotFound,
+    CorruptCA,
+    InvalidInput,
+    InvalidSerial,
+    InvalidValidity,
+    OutputError,
+    UnknownSerial,
+    UnknownService,
+)
+from ca.registry import SCHEMA_VERSION, CertRecord, Registry
+from ca.svid import IssuedSVID
+from ca.templates import (
+    IPAddress,
+    authority_key_id,
+    build_intermediate,
+    build_leaf,
+    build_root,
+    new_key,
+    new_serial,
+)
+from ca.validate import check_dns, check_ips, check_name, check_trust_domain, same_key
+from mesh.errors import InvalidSpiffeIdError
+from mesh.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
+from mesh.x509util import thumbprint, uri_sans
+
+__all__ = ["DEFAULT_TTL", "CertificateAuthority", "IssuedSVID"]
+
+T = TypeVar("T")
+
+DEFAULT_TTL = timedelta(hours=24)
+# Leaves start a minute in the past so a peer whose clock lags slightly accepts them at once.
+LEAF_BACKDATE = timedelta(seconds=60)
+
+ROOT_CERT = "root_cert.pem"
+ROOT_KEY = "root_key.pem"
+INTERMEDIATE_CERT = "intermediate_cert.pem"
+INTERMEDIATE_KEY = "intermediate_key.pem"
+LOCK_FILE = ".lock"
+BUNDLE_JSON = "bundle.spiffe.json"
+BUNDLE_PEM = "svid_bundle.pem"
+CRL_PEM = "crl.pem"
+
+
+
+def _now() -> datetime:
+    # X.509 and the registry keep whole seconds; keep one clock value per operation.
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class CertificateAuthority:
+    """A CA living in one folder. Build with :meth:`init` or :meth:`open`, not directly."""
+
+    def __init__(
+        self,
+        ca_dir: Path,
+        trust_domain: TrustDomain,
+        root: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+        intermediate: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+        registry: Registry,
+    ) -> None:
+        self.ca_dir = ca_dir
+        self.trust_domain = trust_domain
+        self.root_cert, self._root_key = root
+        self._intermediate = intermediate
+        if intermediate is None:
+            self.issuer_cert, self._issuer_key = root
+        else:
+            self.issuer_cert, self._issuer_key = intermediate
+        self._issuer_aki = authority_key_id(self.issuer_cert)
+        self._registry = registry
+        self._thread_lock = threading.RLock()
+
+    # ---- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        ca_dir: Path,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        intermediate: bool = False,
+    ) -> CertificateAuthority:
+        """Create a CA in ``ca_dir`` (missing or empty). Refuses to touch an existing CA.
+
+        The folder is built under a temporary name beside it and renamed into place, so a
+        crash or a concurrent ``init`` never leaves a half-made CA.
+        """
+        td = check_trust_domain(trust_domain)
+        ca_dir = Path(ca_dir)
+        if ca_dir.exists() or ca_dir.is_symlink():
+            if not ca_dir.is_dir():
+                raise CAExists(f"{ca_dir} exists and is not a folder")
+            if (ca_dir / ROOT_CERT).exists() or (ca_dir / Registry.FILE).exists():
+                raise CAExists(f"{ca_dir} already holds a CA; refusing to overwrite it")
+            if any(ca_dir.iterdir()):
+                raise CAExists(f"{ca_dir} is not empty; a CA needs a folder of its own")
+        try:
+            ca_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=ca_dir.parent, prefix=f".{ca_dir.name}.init-"))
+        except OSError as err:
+            raise OutputError(f"cannot create the CA folder {ca_dir}: {err.strerror}") from err
+        try:
+            cls._populate(tmp, td, intermediate)
+            try:
+                os.rename(tmp, ca_dir)
+            except OSError as err:
+                if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise CAExists(f"{ca_dir} was created by someone else meanwhile") from err
+                raise OutputError(f"cannot create {ca_dir}: {err.strerror}") from err
+            fsio.fsync_dir(ca_dir.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls.open(ca_dir)
+
+    @staticmethod
+    def _populate(folder: Path, td: TrustDomain, intermediate: bool) -> None:
+        now = _now()
+        root_key = new_key()
+        root = build_root(root_key, td, now, path_length=1 if intermediate else 0)
+        fsio.atomic_write(folder / ROOT_KEY, fsio.key_pem(root_key), fsio.KEY_MODE)
+        fsio.atomic_write(folder / ROOT_CERT, fsio.cert_pem([root]))
+        chain: list[x509.Certificate] = []
+        issuer, issuer_key = root, root_key
+        if intermediate:
+            issuer_key = new_key()
+            issuer = build_intermediate(issuer_key, td, root, root_key, now)
+            fsio.atomic_write(folder / INTERMEDIATE_KEY, fsio.key_pem(issuer_key), fsio.KEY_MODE)
+            fsio.atomic_write(folder / INTERMEDIATE_CERT, fsio.cert_pem([issuer]))
+            chain.append(issuer)
+        reg_path = folder / Registry.FILE
+        reg_path.touch(mode=0o600)
+        registry = Registry(reg_path, create=True)
+        try:
+            with registry.transaction():
+                registry.set_meta("schema_version", SCHEMA_VERSION)
+                registry.set_meta("trust_domain", td.name)
+                registry.set_meta("intermediate", "1" if intermediate else "0")
+                registry.set_meta("created_at", str(int(now.timestamp())))
+                seq = registry.bump("spiffe_sequence")
+                number = registry.bump("crl_number")
+        finally:
+            registry.close()
+        fsio.atomic_write(folder / BUNDLE_JSON, render_bundle([root], chain, [], sequence=seq))
+        fsio.atomic_write(folder / BUNDLE_PEM, fsio.cert_pem([root]))
+        crl = build_crl(issuer, issuer_key, [], number=number, now=now)
+        fsio.atomic_write(folder / CRL_PEM, crl.public_bytes(serialization.Encoding.PEM))
+        (folder / LOCK_FILE).touch(mode=0o600)
+
+    @classmethod
+    def open(cls, ca_dir: Path) -> CertificateAuthority:
+        """Open an existing CA; check that each key matches its certificate."""
+        ca_dir = Path(ca_dir)
+        if not ca_dir.is_dir():
+            raise CANotFound(f"there is no CA folder at {ca_dir}; create one with mesh-ca init")
+        if not (ca_dir / ROOT_CERT).is_file():
+            raise CANotFound(f"{ca_dir} holds no CA ({ROOT_CERT} is missing)")
+        root = cls._load_pair(ca_dir, ROOT_CERT, ROOT_KEY)
+        registry = Registry(ca_dir / Registry.FILE)
+        try:
+            td_name = registry.get_meta("trust_domain") or ""
+            try:
+                td = TrustDomain(td_name)
+            except InvalidSpiffeIdError as err:
+                raise CorruptCA(f"the registry names an invalid trust domain {td_name!r}") from err
+            if uri_sans(root[0]) != [str(td.id)]:
+                raise CorruptCA(
+                    f"{ROOT_CERT} does not carry the trust domain {td.id} the registry names"
+                )
+            intermediate = None
+            if registry.get_meta("intermediate") == "1":
+                intermediate = cls._load_pair(ca_dir, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
+                try:
+                    intermediate[0].verify_directly_issued_by(root[0])
+                except (ValueError, TypeError, InvalidSignature) as err:
+                    raise CorruptCA(f"{INTERMEDIATE_CERT} is not signed by {ROOT_CERT}") from err
+        except BaseException:
+            registry.close()
+            raise
+        return cls(ca_dir, td, root, intermediate, registry)
+
+    @staticmethod
+    def _load_pair(
+        ca_dir: Path, cert_file: str, key_file: str
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        cert = fsio.load_cert(ca_dir / cert_file)
+        if not (ca_dir / key_file).is_file():
+            raise CorruptCA(f"the CA key {key_file} is missing from {ca_dir}")
+        key = fsio.load_key(ca_dir / key_file)
+        if not same_key(key.public_key(), cert.public_key()):
+            raise CAKeyMismatch(f"the CA key {key_file} does not belong to {cert_file}")
+        return cert, key
+
+    def close(self) -> None:
+        self._registry.close()
+
+    def __enter__(self) -> CertificateAuthority:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- views ----------------------------------------------------------------------------
+
+    @property
+    def intermediates(self) -> tuple[x509.Certificate, ...]:
+        return () if self._intermediate is None else (self._intermediate[0],)
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        return (self.root_cert,)
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.ca_dir / BUNDLE_JSON
+
+    @property
+    def roots_path(self) -> Path:
+        return self.ca_dir / BUNDLE_PEM
+
+    @property
+    def crl_path(self) -> Path:
+        return self.ca_dir / CRL_PEM
+
+    def records(self) -> list[CertRecord]:
+        """Every certificate in the registry, oldest first."""
+        return self._registry.all()
+
+    def record(self, serial: int) -> CertRecord:
+        rec = self._registry.by_serial(serial)
+        if rec is None:
+            raise UnknownSerial(f"no certificate with serial {serial:x} was issued by this CA")
+        return rec
+
+    # ---- issuance -------------------------------------------------------------------------
+
+    def issue(
+        self,
+        name: str,
+        *,
+        dns: Sequence[str] = (),
+        ips: Sequence[str | IPAddress] = (),
+        ttl: timedelta = DEFAULT_TTL,
+        csr_pem: bytes | None = None,
+        not_before: datetime | None = None,
+        out_dir: Path | None = None,
+    ) -> IssuedSVID:
+        """Issue one X.509-SVID for service ``name``.
+
+        ``out_dir``: also write ``out_dir/name/{svid,svid_key,svid_bundle}.pem`` inside the
+        same transaction (a write failure leaves the registry unchanged).
+        """
+        return self.issue_many(
+            [name],
+            dns=dns,
+            ips=ips,
+            ttl=ttl,
+            csr_pem=csr_pem,
+            not_before=not_before,
+            out_dir=out_dir,
+        )[0]
+
+    def issue_many(
+        self,
+        names: Sequence[str],
+        *,
+        dns: Sequence[str] = (),
+        ips: Sequence[str | IPAddress] = (),
+        ttl: timedelta = DEFAULT_TTL,
+        csr_pem: bytes | None = None,
+        not_before: datetime | None = None,
+        out_dir: Path | None = None,
+    ) -> list[IssuedSVID]:
+        """Issue one SVID per name in ONE transaction and one publication: all or none."""
+        if isinstance(names, str):
+            raise InvalidInput("names must be a sequence of service names, not a single string")
+        names = [check_name(n) for n in names]
+        if not names:
+            raise InvalidInput("no service name was given")
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                raise InvalidInput(f"service name {n!r} is given twice")
+            seen.add(n)
+        extra_dns = check_dns(dns)
+        extra_ips = check_ips(ips)
+        public_key = None
+        if csr_pem is not None:
+            if len(names) != 1:
+                raise InvalidInput("a CSR carries one key: issue one service per CSR")
+            public_key = self._csr_public_key(csr_pem)
+        now = _now()
+        nb, na = self._validity(now, ttl, not_before)
+        svids: list[IssuedSVID] = []
+        records: list[CertRecord] = []
+        for n in names:
+            svid, rec = self._build(
+                n,
+                extra_dns=extra_dns,
+                extra_ips=extra_ips,
+                public_key=public_key,
+                nb=nb,
+                na=na,
+                now=now,
+                ttl=ttl,
+            )
+            svids.append(svid)
+            records.append(rec)
+
+        def apply() -> None:
+            for rec in records:
+                self._registry.insert(rec)
+
+        def outputs(staged: fsio.StagedFiles) -> None:
+            if out_dir is not None:
+                for svid in svids:
+                    svid.stage_to(Path(out_dir) / svid.name, staged)
+
+        self._change(apply, now, outputs)
+        return svids
+
+    def renew(
+        self, name: str, *, csr_pem: bytes | None = None, out_dir: Path | None = None
+    ) -> IssuedSVID:
+        """Issue a fresh SVID for ``name`` with the SANs and lifetime of its latest one.
+
+        A new key is generated unless ``csr_pem`` is given. Earlier certificates stay valid
+        until they expire (a rotating service needs the overlap); revoke them to end them.
+        """
+        name = check_name(name)
+        history = self._registry.by_name(name)
+        if not history:
+            raise UnknownService(f"service {name!r} has never been issued a certificate")
+        last = history[-1]
+        default_dns = self.trust_domain.service_dns_name(name)
+        return self.issue(
+            name,
+            dns=[d for d in last.dns if d != default_dns],
+            ips=list(last.ips),
+            ttl=timedelta(seconds=last.ttl),
+            csr_pem=csr_pem,
+            out_dir=out_dir,
+        )
+
+    def revoke(
+        self,
+        *,
+        serial: int | None = None,
+        name: str | None = None,
+        reason: str = "unspecified",
+    ) -> list[int]:
+        """Revoke one certificate by serial, or every unrevoked one of a service by name.
+
+        Returns the revoked serials. The CRL and the bundle are republished at once.
+        """
+        if (serial is None) == (name is None):
+            raise InvalidInput("revoke needs exactly one of a serial or a service name")
+        if serial is not None and (
+            isinstance(serial, bool) or not isinstance(serial, int) or serial <= 0
+        ):
+            raise InvalidSerial(f"serial {serial!r} is invalid: it must be a positive integer")
+        if name is not None:
+            name = check_name(name)
+        canonical = parse_reason(reason)
+        now = _now()
+
+        def apply() -> list[int]:
+            if serial is not None:
+                rec = self._registry.by_serial(serial)
+                if rec is None:
+                    raise UnknownSerial(
+                        f"no certificate with serial {serial:x} was issued by this CA"
+                    )
+                if rec.status == "revoked":
+                    raise AlreadyRevoked(f"certificate {serial:x} is already revoked")
+                targets = [rec]
+            else:
+                history = self._registry.by_name(str(name))
+                if not history:
+                    raise UnknownService(f"service {name!r} has never been issued a certificate")
+                targets = [r for r in history if r.status == "valid"]
+                if not targets:
+                    raise AlreadyRevoked(f"every certificate of {name!r} is already revoked")
+            for rec in targets:
+                self._registry.mark_revoked(rec.serial, int(now.timestamp()), canonical)
+            return [rec.serial for rec in targets]
+
+        return self._change(apply, now)
+
+    def publish(self) -> None:
+        """Re-sign the CRL (fresh next-update) and rewrite the bundle from the registry."""
+        self._change(lambda: None, _now())
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _validity(
+        self, now: datetime, ttl: timedelta, not_before: datetime | None
+    ) -> tuple[datetime, datetime]:
+        if not isinstance(ttl, timedelta) or ttl < timedelta(seconds=1):
+            raise InvalidValidity(f"lifetime {ttl!r} is invalid: it must be at least one second")
+        if not_before is None:
+            nb, na = now - LEAF_BACKDATE, now + ttl
+        else:
+            if not isinstance(not_before, datetime) or not_before.tzinfo is None:
+                raise InvalidValidity("not_before must be a timezone-aware datetime")
+            nb = not_before.astimezone(UTC).replace(microsecond=0)
+            na = nb + ttl
+        issuer_end = self.issuer_cert.not_valid_after_utc
+        if na > issuer_end:
+            raise InvalidValidity(
+                f"the certificate would outlive its issuing CA (valid until "
+                f"{issuer_end:%Y-%m-%d %H:%M:%S}Z); ask for a shorter lifetime"
+            )
+        return nb, na
+
+    def _csr_public_key(self, csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+        if not isinstance(csr_pem, bytes | bytearray):
+            raise BadCSR("the CSR must be given as PEM bytes")
+        try:
+            csr = x509.load_pem_x509_csr(bytes(csr_pem))
+        except ValueError as err:
+            raise BadCSR("the CSR is not a readable PEM certificate signing request") from err
+        try:
+            public_key = csr.public_key()
+            signed = csr.is_signature_valid
+        except (ValueError, UnsupportedAlgorithm) as err:
+            raise BadCSR("the CSR's key or signature algorithm is not supported") from err
+        if not signed:
+            raise BadCSR("the CSR's signature does not verify with the key it carries")
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+            public_key.curve, ec.SECP256R1
+        ):
+            raise BadCSR(
+                "the CSR's key is not ECDSA P-256; this CA signs only P-256 keys "
+                "(gRPC's TLS stack rejects others)"
+            )
+        if same_key(public_key, self.root_cert.public_key()) or same_key(
+            public_key, self.issuer_cert.public_key()
+        ):
+            raise BadCSR("the CSR carries a CA key; a service must have a key of its own")
+        return public_key
+
+    def _build(
+        self,
+        name: str,
+        *,
+        extra_dns: list[str],
+        extra_ips: list[IPAddress],
+        public_key: ec.EllipticCurvePublicKey | None,
+        nb: datetime,
+        na: datetime,
+        now: datetime,
+        ttl: timedelta,
+    ) -> tuple[IssuedSVID, CertRecord]:
+        key = None
+        if public_key is None:
+            key = new_key()
+            public_key = key.public_key()
+        sid = self.trust_domain.service(name)
+        own_dns = self.trust_domain.service_dns_name(name)
+        dns_names = [own_dns, *(d for d in extra_dns if d != own_dns)]
+        serial = new_serial()
+        cert = build_leaf(
+            spiffe_id=sid,
+            name=name,
+            dns_names=dns_names,
+            ips=extra_ips,
+            public_key=public_key,
+            serial=serial,
+            not_before=nb,
+            not_after=na,
+            issuer_cert=self.issuer_cert,
+            issuer_key=self._issuer_key,
+            issuer_aki=self._issuer_aki,
+        )
+        tp = thumbprint(cert)
+        x, y = ec_coordinates(public_key)
+        svid = IssuedSVID(
+            name=name,
+            spiffe_id=sid,
+            serial=serial,
+            certificate=cert,
+            chain=(cert, *self.intermediates),
+            private_key=key,
+            thumbprint=tp,
+            not_before=nb,
+            not_after=na,
+            bundle=self.roots,
+        )
+        rec = CertRecord(
+            serial=serial,
+            name=name,
+            spiffe_id=str(sid),
+            not_before=int(nb.timestamp()),
+            not_after=int(na.timestamp()),
+            issued_at=int(now.timestamp()),
+            thumbprint=tp,
+            status="valid",
+            revoked_at=None,
+            reason=None,
+            dns=tuple(dns_names),
+            ips=tuple(str(ip) for ip in extra_ips),
+            ttl=int(ttl.total_seconds()),
+            own_key=key is None,
+            der=der_of(cert),
+            jwk_x=x,
+            jwk_y=y,
+        )
+        return svid, rec
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Serialise whole operations across threads (RLock) and processes (flock)."""
+        with self._thread_lock:
+            try:
+                fd = os.open(self.ca_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as err:
+                raise CorruptCA(f"cannot open the CA lock file: {err.strerror}") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
+
+    def _change(
+        self,
+        apply: Callable[[], T],
+        now: datetime,
+        outputs: Callable[[fsio.StagedFiles], None] | None = None,
+    ) -> T:
+        staged = fsio.StagedFiles()
+        with self._exclusive():
+            try:
+                try:
+                    with self._registry.transaction():
+                        result = apply()
+                        if outputs is not None:
+                            outputs(staged)
+                        self._stage_publication(staged, now)
+                except sqlite3.IntegrityError as err:
+                    raise CAError(
+                        "the registry refused the change (duplicate serial or thumbprint); "
+                        "nothing was changed, try again"
+                    ) from err
+                except sqlite3.Error as err:
+                    raise CorruptCA(f"the registry could not be updated: {err}") from err
+            except BaseException:
+                staged.discard()
+                raise
+            staged.commit()
+        return result
+
+    def _stage_publication(self, staged: fsio.StagedFiles, now: datetime) -> None:
+        reg = self._registry
+        sequence = reg.bump("spiffe_sequence")
+        number = reg.bump("crl_number")
+        active = reg.active(int(now.timestamp()))
+        staged.add(
+            self.ca_dir / BUNDLE_JSON,
+            render_bundle(self.roots, self.intermediates, active, sequence=sequence),
+        )
+        staged.add(self.ca_dir / BUNDLE_PEM, fsio.cert_pem(self.roots))
+        crl = build_crl(self.issuer_cert, self._issuer_key, reg.revoked(), number=number, now=now)
+        staged.add(self.ca_dir / CRL_PEM, crl.public_bytes(serialization.Encoding.PEM))
+

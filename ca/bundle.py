@@ -1,0 +1,70 @@
+"""The SPIFFE trust bundle (SPIFFE Trust Domain and Bundle format, DESIGN section 2).
+
+A JWKS: each root as a ``use: x509-svid`` key with ``x5c``; each valid, unrevoked service
+certificate as a ``use: jwt-svid`` key whose ``kid`` is the certificate's ``x5t#S256`` and whose
+``x5c`` is the leaf followed by the intermediates (never the root).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.registry import CertRecord
+from mesh.x509util import b64url
+
+REFRESH_HINT_SECONDS = 300
+
+
+def b64der(der: bytes) -> str:
+    """``x5c`` members are standard base64 with padding (RFC 7517 4.7), not base64url."""
+    return base64.b64encode(der).decode("ascii")
+
+
+def der_of(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def ec_coordinates(key: ec.EllipticCurvePublicKey) -> tuple[str, str]:
+    """JWK ``x`` and ``y`` of a P-256 key (RFC 7518 6.2.1: fixed 32-byte big-endian)."""
+    numbers = key.public_numbers()
+    return b64url(numbers.x.to_bytes(32, "big")), b64url(numbers.y.to_bytes(32, "big"))
+
+
+def _ec_jwk(x: str, y: str) -> dict[str, Any]:
+    return {"kty": "EC", "crv": "P-256", "x": x, "y": y}
+
+
+def render_bundle(
+    roots: Sequence[x509.Certificate],
+    intermediates: Sequence[x509.Certificate],
+    active: Sequence[CertRecord],
+    *,
+    sequence: int,
+    refresh_hint: int = REFRESH_HINT_SECONDS,
+) -> bytes:
+    keys: list[dict[str, Any]] = []
+    for root in roots:
+        pub = root.public_key()
+        assert isinstance(pub, ec.EllipticCurvePublicKey)  # the CA only makes P-256 roots
+        keys.append(
+            {"use": "x509-svid", **_ec_jwk(*ec_coordinates(pub)), "x5c": [b64der(der_of(root))]}
+        )
+    tail = [b64der(der_of(c)) for c in intermediates]
+    for rec in active:
+        keys.append(
+            {
+                "use": "jwt-svid",
+                "kid": rec.thumbprint,
+                **_ec_jwk(rec.jwk_x, rec.jwk_y),
+                "x5c": [b64der(rec.der), *tail],
+            }
+        )
+    doc = {"keys": keys, "spiffe_sequence": sequence, "spiffe_refresh_hint": refresh_hint}
+    return (json.dumps(doc, indent=2) + "\n").encode("ascii")

@@ -1,0 +1,234 @@
+"""The SQLite registry of every certificate the CA issued.
+
+WAL mode so readers (``mesh-ca list``) never block writers; every change runs in ONE
+``BEGIN IMMEDIATE`` transaction, so a failed or interrupted operation leaves no trace. Serials
+are stored as lowercase hex text because a 128-bit serial does not fit SQLite's INTEGER.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ca.errors import CorruptCA
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certs (
+    serial      TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    spiffe_id   TEXT NOT NULL,
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    thumbprint  TEXT NOT NULL UNIQUE,
+    status      TEXT NOT NULL CHECK (status IN ('valid', 'revoked')),
+    revoked_at  INTEGER,
+    reason      TEXT,
+    dns         TEXT NOT NULL,
+    ips         TEXT NOT NULL,
+    ttl         INTEGER NOT NULL,
+    own_key     INTEGER NOT NULL,
+    der         BLOB NOT NULL,
+    jwk_x       TEXT NOT NULL,
+    jwk_y       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certs_by_name ON certs (name);
+"""
+
+_COLUMNS = (
+    "serial, name, spiffe_id, not_before, not_after, issued_at, thumbprint, status, "
+    "revoked_at, reason, dns, ips, ttl, own_key, der, jwk_x, jwk_y"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CertRecord:
+    """One row of the registry. Times are UTC seconds since the epoch."""
+
+    serial: int
+    name: str
+    spiffe_id: str
+    not_before: int
+    not_after: int
+    issued_at: int
+    thumbprint: str
+    status: str
+    revoked_at: int | None
+    reason: str | None
+    dns: tuple[str, ...]
+    ips: tuple[str, ...]
+    ttl: int
+    own_key: bool
+    der: bytes
+    jwk_x: str
+    jwk_y: str
+
+    def state(self, now: int) -> str:
+        """``valid``, ``revoked`` or ``expired`` as of ``now``."""
+        if self.status == "revoked":
+            return "revoked"
+        return "expired" if self.not_after <= now else "valid"
+
+    def _row(self) -> tuple[object, ...]:
+        return (
+            format(self.serial, "x"),
+            self.name,
+            self.spiffe_id,
+            self.not_before,
+            self.not_after,
+            self.issued_at,
+            self.thumbprint,
+            self.status,
+            self.revoked_at,
+            self.reason,
+            json.dumps(list(self.dns)),
+            json.dumps(list(self.ips)),
+            self.ttl,
+            int(self.own_key),
+            self.der,
+            self.jwk_x,
+            self.jwk_y,
+        )
+
+
+def _record(row: sqlite3.Row | tuple[object, ...]) -> CertRecord:
+    (serial, name, sid, nb, na, ia, tp, status, rat, reason, dns, ips, ttl, own, der, x, y) = row
+    return CertRecord(
+        serial=int(str(serial), 16),
+        name=str(name),
+        spiffe_id=str(sid),
+        not_before=int(str(nb)),
+        not_after=int(str(na)),
+        issued_at=int(str(ia)),
+        thumbprint=str(tp),
+        status=str(status),
+        revoked_at=None if rat is None else int(str(rat)),
+        reason=None if reason is None else str(reason),
+        dns=tuple(json.loads(str(dns))),
+        ips=tuple(json.loads(str(ips))),
+        ttl=int(str(ttl)),
+        own_key=bool(own),
+        der=bytes(der) if isinstance(der, bytes | bytearray | memoryview) else b"",
+        jwk_x=str(x),
+        jwk_y=str(y),
+    )
+
+
+class Registry:
+    """A connection to ``registry.db``. Not shared across processes; one per CA object."""
+
+    FILE = "registry.db"
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        if not create and not path.is_file():
+            raise CorruptCA(f"the registry {path.name} is missing from the CA folder")
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=60.0, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            if create:
+                self._db.executescript(_SCHEMA)
+            else:
+                version = self.get_meta("schema_version")
+                if version != SCHEMA_VERSION:
+                    raise CorruptCA(
+                        f"the registry {path.name} has schema version {version!r}, "
+                        f"expected {SCHEMA_VERSION!r}"
+                    )
+        except sqlite3.Error as err:
+            raise CorruptCA(f"the registry {path.name} cannot be read: {err}") from err
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; rolled back on any exception, including KeyboardInterrupt."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def bump(self, key: str) -> int:
+        """Increment an integer meta counter and return its new value."""
+        value = int(self.get_meta(key) or "0") + 1
+        self.set_meta(key, str(value))
+        return value
+
+    def insert(self, record: CertRecord) -> None:
+        self._db.execute(
+            f"INSERT INTO certs ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",  # noqa: S608
+            record._row(),
+        )
+
+    def by_serial(self, serial: int) -> CertRecord | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certs WHERE serial = ?",  # noqa: S608
+            (format(serial, "x"),),
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    def by_name(self, name: str) -> list[CertRecord]:
+        """Every certificate of ``name``, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certs WHERE name = ? ORDER BY issued_at, rowid",  # noqa: S608
+            (name,),
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def all(self) -> list[CertRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certs ORDER BY issued_at, rowid"  # noqa: S608
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def active(self, now: int) -> list[CertRecord]:
+        """Unrevoked, unexpired certificates, by name then issue order (the bundle's keys)."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certs WHERE status = 'valid' AND not_after > ? "  # noqa: S608
+            "ORDER BY name, issued_at, rowid",
+            (now,),
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def revoked(self) -> list[CertRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certs WHERE status = 'revoked' "  # noqa: S608
+            "ORDER BY revoked_at, rowid"
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def mark_revoked(self, serial: int, at: int, reason: str) -> None:
+        self._db.execute(
+            "UPDATE certs SET status = 'revoked', revoked_at = ?, reason = ? "
+            "WHERE serial = ? AND status = 'valid'",
+            (at, reason, format(serial, "x")),
+        )

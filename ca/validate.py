@@ -1,0 +1,74 @@
+"""Checks on what a caller asks the CA for, translated into ``ca`` errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.errors import InvalidSAN, InvalidServiceName, InvalidTrustDomain
+from ca.templates import IPAddress
+from mesh.errors import InvalidSpiffeIdError
+from mesh.spiffeid import TrustDomain, validate_service_name
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def check_trust_domain(trust_domain: str) -> TrustDomain:
+    try:
+        return TrustDomain(trust_domain)
+    except InvalidSpiffeIdError as err:
+        raise InvalidTrustDomain(str(err)) from err
+
+
+def check_name(name: str) -> str:
+    try:
+        return validate_service_name(name)
+    except InvalidSpiffeIdError as err:
+        raise InvalidServiceName(str(err)) from err
+
+
+def check_dns(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    if isinstance(names, str):
+        raise InvalidSAN("dns must be a sequence of names, not a single string")
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > 253:
+            raise InvalidSAN(f"DNS name {name!r} is invalid: use 1 to 253 characters")
+        labels = name.rstrip(".").split(".")
+        if name.startswith("*"):
+            raise InvalidSAN(f"DNS name {name!r} is a wildcard; this CA issues exact names only")
+        if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise InvalidSAN(
+                f"DNS name {name!r} is invalid: each label needs 1 to 63 characters of "
+                "lowercase a-z, 0-9 and '-', not starting or ending with '-'"
+            )
+        canonical = ".".join(labels)
+        if canonical not in out:
+            out.append(canonical)
+    return out
+
+
+def check_ips(ips: Sequence[str | IPAddress]) -> list[IPAddress]:
+    if isinstance(ips, str):
+        raise InvalidSAN("ips must be a sequence of addresses, not a single string")
+    out: list[IPAddress] = []
+    for ip in ips:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError as err:
+            raise InvalidSAN(f"IP address {ip!r} is invalid") from err
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+def same_key(a: ec.EllipticCurvePublicKey, b: object) -> bool:
+    if not isinstance(b, ec.EllipticCurvePublicKey):
+        return False
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return a.public_bytes(enc, fmt) == b.public_bytes(enc, fmt)
