@@ -27,8 +27,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def format_duration(delta: timedelta) -> str:
-    """The inverse of :func:`parse_duration` for whole seconds (``90061s`` -> ``1d1h1m1s``)."""
+def format_duration(delta: timedelta, *, units: int = 4) -> str:
+    """The inverse of :func:`parse_duration` for whole seconds (``90061s`` -> ``1d1h1m1s``).
+
+    ``units`` keeps only the largest few (``units=2``: ``1d1h``), for display.
+    """
     seconds = int(delta.total_seconds())
     if seconds <= 0:
         return "0s"
@@ -37,7 +40,7 @@ def format_duration(delta: timedelta) -> str:
         value, seconds = divmod(seconds, size)
         if value:
             parts.append(f"{value}{unit}")
-    return "".join(parts)
+    return "".join(parts[:units])
 
 
 def parse_serial(text: str) -> int:
