@@ -115,7 +115,10 @@ def render(cert: x509.Certificate, index: int, total: int, now: datetime | None 
     now = now or datetime.now(UTC)
     info = summary(cert, now)
     left = cert.not_valid_after_utc - now
-    until = f"expires in {format_duration(left, units=2)}" if left.total_seconds() > 0 else "EXPIRED"
+    if left.total_seconds() > 0:
+        until = f"expires in {format_duration(left, units=2)}"
+    else:
+        until = "EXPIRED"
     role = "X.509-SVID (leaf)" if info["role"] == "leaf" else "signing certificate (CA)"
     rows = [
         ("subject", info["subject"] or "(empty)"),
