@@ -1,0 +1,368 @@
+"""Channels to a named mesh service that follow our own certificate's rotation.
+
+gRPC clients cannot swap their certificate in place (grpc/grpc#41779), so :class:`MeshChannel`
+holds one underlying secure channel per SVID snapshot. Each call asks the source for the
+current snapshot (a cheap check); after a rotation new calls go to a fresh channel, and the old
+one is closed once its in-flight calls have finished (or after ``close_grace`` seconds, if set).
+
+Every underlying channel pins the callee's DNS name ``<NAME>.svc.<trust-domain>`` with
+``grpc.ssl_target_name_override`` (Python clients cannot check URI SANs, DESIGN 1) and carries
+the client interceptor that mints the callee's token from the same snapshot, so the token's
+``cnf`` always names the certificate presented on that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from mesh.credentials import channel_credentials
+from mesh.grpcerrors import ServerConfigError
+from mesh.interceptors.client_aio import aio_client_interceptors
+from mesh.interceptors.client_sync import MeshClientInterceptor
+from mesh.interceptors.minter import DEFAULT_TTL, TokenMinter
+from mesh.spiffeid import SpiffeId, TrustDomain
+from mesh.svid import Svid, SvidSource
+
+_log = logging.getLogger(__name__)
+
+Options = Sequence[tuple[str, Any]]
+
+
+def callee_identity(service: str | SpiffeId, trust_domain: TrustDomain) -> tuple[SpiffeId, str]:
+    """The callee's SPIFFE ID and the DNS name to pin for it."""
+    if isinstance(service, SpiffeId):
+        name = service.service_name
+        if name is None:
+            raise ServerConfigError(f"{service} is not a mesh service ID (spiffe://td/svc/NAME)")
+        return service, f"{name}.svc.{service.trust_domain}"
+    return trust_domain.service(service), trust_domain.service_dns_name(service)
+
+
+class _Settings:
+    def __init__(self, target: str, service: str | SpiffeId, source: SvidSource, *,
+                 trust_domain: TrustDomain | str | None, options: Options, require_user: bool,
+                 token_ttl: int, token_cache: bool) -> None:
+        td = (TrustDomain(trust_domain) if isinstance(trust_domain, str)
+              else trust_domain or source.current().spiffe_id.trust_domain)
+        self.callee, self.dns_name = callee_identity(service, td)
+        self.target = target
+        self.source = source
+        self.options: list[tuple[str, Any]] = [
+            *[(k, v) for k, v in options if k != "grpc.ssl_target_name_override"],
+            ("grpc.ssl_target_name_override", self.dns_name),
+        ]
+        self.require_user = require_user
+        self.token_ttl = token_ttl
+        self.token_cache = token_cache
+
+    def minter(self, svid: Svid) -> TokenMinter:
+        return TokenMinter(svid, self.callee, ttl=self.token_ttl, cache=self.token_cache,
+                           require_user=self.require_user)
+
+
+# ---- sync ------------------------------------------------------------------------------------
+
+class _Entry:
+    """One underlying channel, built for one SVID snapshot."""
+
+    def __init__(self, settings: _Settings, svid: Svid,
+                 extra: Sequence[Any]) -> None:
+        self.generation = svid.generation
+        self.raw = grpc.secure_channel(settings.target, channel_credentials(svid),
+                                       settings.options)
+        self.channel = grpc.intercept_channel(
+            self.raw, MeshClientInterceptor(settings.minter(svid)), *extra
+        )
+        self.inflight = 0
+        self.retired = False
+        self.callables: dict[tuple[Any, ...], Any] = {}
+
+
+class MeshChannel(grpc.Channel):
+    """A ``grpc.Channel`` to one mesh service; use it like any channel (stubs, ``with``)."""
+
+    def __init__(self, target: str, service: str | SpiffeId, source: SvidSource, *,
+                 trust_domain: TrustDomain | str | None = None, options: Options = (),
+                 require_user: bool = False, token_ttl: int = DEFAULT_TTL,
+                 token_cache: bool = True, interceptors: Iterable[Any] = (),
+                 close_grace: float | None = None) -> None:
+        self._settings = _Settings(target, service, source, trust_domain=trust_domain,
+                                   options=options, require_user=require_user,
+                                   token_ttl=token_ttl, token_cache=token_cache)
+        self._extra = list(interceptors)
+        self._grace = close_grace
+        self._lock = threading.Lock()
+        self._closed = False
+        self._entry = _Entry(self._settings, source.current(), self._extra)
+
+    @property
+    def callee(self) -> SpiffeId:
+        return self._settings.callee
+
+    @property
+    def generation(self) -> int:
+        """The SVID generation of the channel new calls use."""
+        return self._entry.generation
+
+    def _acquire(self) -> _Entry:
+        svid = self._settings.source.current()
+        with self._lock:
+            if self._closed:
+                raise ValueError("the channel is closed")
+            entry = self._entry
+            if svid.generation != entry.generation:
+                entry = self._rotate(svid)
+            entry.inflight += 1
+            return entry
+
+    def _rotate(self, svid: Svid) -> _Entry:
+        old = self._entry
+        self._entry = _Entry(self._settings, svid, self._extra)
+        old.retired = True
+        _log.info("channel to %s: new certificate (generation %d), old channel drains",
+                  self._settings.callee, svid.generation)
+        if old.inflight == 0:
+            old.raw.close()
+        elif self._grace is not None:
+            timer = threading.Timer(self._grace, old.raw.close)
+            timer.daemon = True
+            timer.start()
+        return self._entry
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.inflight -= 1
+            close = entry.retired and entry.inflight == 0
+        if close:
+            entry.raw.close()
+
+    def _multicallable(self, entry: _Entry, kind: str, method: str, kwargs: dict[str, Any]
+                       ) -> Any:
+        key = (kind, method, *sorted((k, id(v)) for k, v in kwargs.items()))
+        mc = entry.callables.get(key)
+        if mc is None:
+            mc = getattr(entry.channel, kind)(method, **kwargs)
+            entry.callables[key] = mc
+        return mc
+
+    def _invoke(self, spec: tuple[str, str, dict[str, Any]], attr: str, args: tuple[Any, ...],
+                call_kwargs: dict[str, Any], *, blocking: bool) -> Any:
+        entry = self._acquire()
+        try:
+            mc = self._multicallable(entry, *spec)
+            result = getattr(mc, attr)(*args, **call_kwargs)
+        except BaseException:
+            self._release(entry)
+            raise
+        if blocking:
+            self._release(entry)
+        else:
+            result.add_done_callback(lambda _call: self._release(entry))
+        return result
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, _registered_method: bool | None = False
+                    ) -> Any:
+        return _UnaryResponse(self, "unary_unary", method,
+                              _kwargs(request_serializer, response_deserializer,
+                                      _registered_method))
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool | None = False
+                     ) -> Any:
+        return _UnaryResponse(self, "stream_unary", method,
+                              _kwargs(request_serializer, response_deserializer,
+                                      _registered_method))
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool | None = False
+                     ) -> Any:
+        return _StreamResponse(self, "unary_stream", method,
+                               _kwargs(request_serializer, response_deserializer,
+                                       _registered_method))
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None, _registered_method: bool | None = False
+                      ) -> Any:
+        return _StreamResponse(self, "stream_stream", method,
+                               _kwargs(request_serializer, response_deserializer,
+                                       _registered_method))
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None],
+                  try_to_connect: bool = False) -> None:
+        """Connectivity of the channel new calls currently use (not of drained ones)."""
+        self._entry.raw.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        self._entry.raw.unsubscribe(callback)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            entry = self._entry
+        entry.raw.close()
+
+    def __enter__(self) -> MeshChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _kwargs(ser: Any, deser: Any, registered: bool | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"request_serializer": ser, "response_deserializer": deser}
+    if registered:
+        out["_registered_method"] = registered
+    return out
+
+
+class _UnaryResponse:
+    """Multicallable resolving the current underlying channel at each call."""
+
+    def __init__(self, channel: MeshChannel, kind: str, method: str, kwargs: dict[str, Any]
+                 ) -> None:
+        self._c, self._spec = channel, (kind, method, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._c._invoke(self._spec, "__call__", args, kwargs,
+                               blocking=True)
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._c._invoke(self._spec, "with_call", args, kwargs,
+                               blocking=True)
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return self._c._invoke(self._spec, "future", args, kwargs,
+                               blocking=False)
+
+
+class _StreamResponse:
+    def __init__(self, channel: MeshChannel, kind: str, method: str, kwargs: dict[str, Any]
+                 ) -> None:
+        self._c, self._spec = channel, (kind, method, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._c._invoke(self._spec, "__call__", args, kwargs,
+                               blocking=False)
+
+
+# ---- aio -------------------------------------------------------------------------------------
+
+class AioMeshChannel:
+    """The ``grpc.aio`` flavour of :class:`MeshChannel` (use it like an aio channel).
+
+    After a rotation the old channel is closed with ``close(grace)``, which lets in-flight
+    calls finish for up to ``close_grace`` seconds (default 60).
+    """
+
+    def __init__(self, target: str, service: str | SpiffeId, source: SvidSource, *,
+                 trust_domain: TrustDomain | str | None = None, options: Options = (),
+                 require_user: bool = False, token_ttl: int = DEFAULT_TTL,
+                 token_cache: bool = True, interceptors: Iterable[Any] = (),
+                 close_grace: float = 60.0) -> None:
+        self._settings = _Settings(target, service, source, trust_domain=trust_domain,
+                                   options=options, require_user=require_user,
+                                   token_ttl=token_ttl, token_cache=token_cache)
+        self._extra = list(interceptors)
+        self._grace = close_grace
+        self._draining: set[asyncio.Task[None]] = set()
+        self._generation, self._channel = self._build(source.current())
+        self._callables: dict[tuple[Any, ...], Any] = {}
+
+    def _build(self, svid: Svid) -> tuple[int, grpc.aio.Channel]:
+        channel = grpc.aio.secure_channel(
+            self._settings.target, channel_credentials(svid), self._settings.options,
+            interceptors=[*aio_client_interceptors(self._settings.minter(svid)), *self._extra],
+        )
+        return svid.generation, channel
+
+    @property
+    def callee(self) -> SpiffeId:
+        return self._settings.callee
+
+    def _current(self) -> grpc.aio.Channel:
+        svid = self._settings.source.current()
+        if svid.generation != self._generation:
+            old = self._channel
+            self._generation, self._channel = self._build(svid)
+            self._callables = {}
+            task = asyncio.get_running_loop().create_task(old.close(self._grace))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        return self._channel
+
+    def _call(self, kind: str, method: str, kwargs: dict[str, Any], args: tuple[Any, ...],
+              call_kwargs: dict[str, Any]) -> Any:
+        channel = self._current()
+        key = (kind, method, *sorted((k, id(v)) for k, v in kwargs.items()))
+        mc = self._callables.get(key)
+        if mc is None:
+            mc = getattr(channel, kind)(method, **kwargs)
+            self._callables[key] = mc
+        return mc(*args, **call_kwargs)
+
+    def _factory(self, kind: str, method: str, ser: Any, deser: Any, registered: bool | None
+                 ) -> Callable[..., Any]:
+        kwargs = _kwargs(ser, deser, registered)
+
+        def call(*args: Any, **call_kwargs: Any) -> Any:
+            return self._call(kind, method, kwargs, args, call_kwargs)
+
+        return call
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, _registered_method: bool | None = False
+                    ) -> Callable[..., Any]:
+        return self._factory("unary_unary", method, request_serializer, response_deserializer,
+                             _registered_method)
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool | None = False
+                     ) -> Callable[..., Any]:
+        return self._factory("unary_stream", method, request_serializer,
+                             response_deserializer, _registered_method)
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool | None = False
+                     ) -> Callable[..., Any]:
+        return self._factory("stream_unary", method, request_serializer,
+                             response_deserializer, _registered_method)
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None, _registered_method: bool | None = False
+                      ) -> Callable[..., Any]:
+        return self._factory("stream_stream", method, request_serializer,
+                             response_deserializer, _registered_method)
+
+    async def channel_ready(self) -> None:
+        await self._current().channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+        for task in list(self._draining):
+            await task
+
+    async def __aenter__(self) -> AioMeshChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def mesh_channel(target: str, service: str | SpiffeId, source: SvidSource, **kwargs: Any
+                 ) -> MeshChannel:
+    """A sync channel dialing ``target`` for mesh service ``service`` (see MeshChannel)."""
+    return MeshChannel(target, service, source, **kwargs)
+
+
+def aio_mesh_channel(target: str, service: str | SpiffeId, source: SvidSource, **kwargs: Any
+                     ) -> AioMeshChannel:
+    """An aio channel dialing ``target`` for mesh service ``service``."""
+    return AioMeshChannel(target, service, source, **kwargs)

@@ -1,0 +1,103 @@
+"""Server interceptor for sync ``grpc``.
+
+``intercept_service`` runs on the server's polling thread and has no ServicerContext, so it
+only wraps the handler: the checks run inside the wrapper, on the worker thread, where
+``context.auth_context()`` holds the peer's certificate. The wrapper sets the context variable
+read by :func:`mesh.context.current_call` for the duration of the handler, on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+
+from mesh.context import enter_call, leave_call
+from mesh.interceptors.guard import CallGuard, Rejected
+from mesh.tokens.verify import VerifiedChain
+
+
+def _check(guard: CallGuard, method: str, context: grpc.ServicerContext) -> VerifiedChain | None:
+    try:
+        return guard.check(method, context.invocation_metadata(), context.auth_context())
+    except Rejected as rejected:
+        _abort(context, rejected.status)
+
+
+def _abort(context: grpc.ServicerContext, status: grpc.Status) -> NoReturn:
+    context.abort_with_status(status)
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str, guard: CallGuard
+                 ) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that checks the call, then runs ``handler``'s behaviour with the context set."""
+    req, resp = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        uu: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
+
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            token = enter_call(_check(guard, method, context))
+            try:
+                return uu(request, context)
+            finally:
+                leave_call(token)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, req, resp)
+    if handler.unary_stream is not None:
+        us: Callable[[Any, grpc.ServicerContext], Iterator[Any]] = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # Check before returning the generator, so a refusal aborts before any response.
+            return _stream(_check(guard, method, context), us, request, context)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, req, resp)
+    if handler.stream_unary is not None:
+        su: Callable[[Iterator[Any], grpc.ServicerContext], Any] = handler.stream_unary
+
+        def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            token = enter_call(_check(guard, method, context))
+            try:
+                return su(requests, context)
+            finally:
+                leave_call(token)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, req, resp)
+    ss: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]] | None = (
+        handler.stream_stream
+    )
+    if ss is None:
+        raise TypeError(f"the handler of {method} has no behaviour")
+    ss_fn = ss
+
+    def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        return _stream(_check(guard, method, context), ss_fn, requests, context)
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, req, resp)
+
+
+def _stream(chain: VerifiedChain | None, behaviour: Callable[[Any, grpc.ServicerContext],
+            Iterator[Any]], request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    token = enter_call(chain)
+    try:
+        yield from behaviour(request, context)
+    finally:
+        leave_call(token)
+
+
+class MeshServerInterceptor(grpc.ServerInterceptor):
+    """Verifies peer, token chain and policy for every call; see :class:`CallGuard`."""
+
+    def __init__(self, guard: CallGuard) -> None:
+        self._guard = guard
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return wrap_handler(handler, handler_call_details.method, self._guard)

@@ -1,0 +1,196 @@
+"""Mesh servers: mutual TLS only, every call verified, health checking built in.
+
+:class:`MeshServer` (sync) and :class:`AioMeshServer` (``grpc.aio``) wrap a gRPC server and
+look like one to generated ``add_XServicer_to_server`` functions. They bind ports only with
+credentials from the SVID source, requiring a client certificate; ``add_insecure_port`` and
+foreign credentials are refused, and ``start()`` refuses a server with no port. An edge server
+(``edge=True``) serves TLS without client certificates and accepts only user tokens
+(DESIGN 4, edge port); it must be asked for explicitly.
+
+``grpc.health.v1.Health`` is served on every mesh server; it needs mutual TLS (the peer is
+checked like any caller's) but no token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import (  # type: ignore[import-untyped]
+    health,
+    health_pb2,
+    health_pb2_grpc,
+)
+
+from mesh.audit import AuditLog
+from mesh.credentials import server_credentials
+from mesh.grpcerrors import InsecureServerError, ServerConfigError
+from mesh.interceptors.guard import HEALTH_METHODS, CallGuard
+from mesh.interceptors.server_aio import AioMeshServerInterceptor
+from mesh.interceptors.server_sync import MeshServerInterceptor
+from mesh.policy import Policy
+from mesh.svid import SvidSource
+from mesh.tokens.bundle import BundleSource
+from mesh.tokens.verify import ChainVerifier
+
+Options = Sequence[tuple[str, Any]]
+
+
+def build_guard(source: SvidSource, policy: Policy, bundle: BundleSource, *,
+                verifier: ChainVerifier | None = None, edge: bool = False,
+                audit: AuditLog | None = None, caches: bool = True,
+                tokenless_methods: Iterable[str] = HEALTH_METHODS) -> CallGuard:
+    """The per-service checker both server flavours use."""
+    own = source.current().spiffe_id
+    if own.trust_domain != policy.trust_domain:
+        raise ServerConfigError(
+            f"the policy is written for trust domain {policy.trust_domain}, but this service "
+            f"is {own}"
+        )
+    if verifier is None:
+        verifier = ChainVerifier(own, bundle) if caches else ChainVerifier(own, bundle, cache=None)
+    elif verifier.own_id != own:
+        raise ServerConfigError(f"the verifier checks tokens for {verifier.own_id}, but this "
+                                f"service is {own}")
+    return CallGuard(own_id=own, verifier=verifier, bundle=bundle, policy=policy,
+                     audit=audit or AuditLog(own), edge=edge,
+                     tokenless_methods=tokenless_methods,
+                     peer_cache_size=1024 if caches else 0)
+
+
+class _Ports:
+    def __init__(self, source: SvidSource, edge: bool) -> None:
+        self._source = source
+        self._edge = edge
+        self.count = 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return server_credentials(self._source, require_client_auth=not self._edge)
+
+    def bound(self, address: str, port: int) -> int:
+        if port == 0:
+            raise ServerConfigError(f"could not bind {address}")
+        self.count += 1
+        return port
+
+    def refuse(self, what: str) -> InsecureServerError:
+        return InsecureServerError(
+            f"a mesh server refuses {what}: it serves only mutual TLS with its SVID; "
+            "use add_port(address) (or MeshServer(edge=True) for an edge port)"
+        )
+
+    def check_start(self) -> None:
+        if self.count == 0:
+            raise InsecureServerError("the mesh server has no port; call add_port(address) "
+                                      "before start()")
+
+
+class MeshServer:
+    """A sync gRPC server for one mesh service. Register servicers on it, then ``add_port``."""
+
+    def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
+                 verifier: ChainVerifier | None = None, edge: bool = False,
+                 max_workers: int = 16, options: Options = (), audit: AuditLog | None = None,
+                 interceptors: Iterable[grpc.ServerInterceptor] = (),
+                 caches: bool = True) -> None:
+        self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
+                                 audit=audit, caches=caches)
+        self._ports = _Ports(source, edge)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers,
+                                       thread_name_prefix=f"mesh-{source.current().spiffe_id}"),
+            interceptors=[MeshServerInterceptor(self.guard), *interceptors],
+            options=list(options),
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+
+    # what generated add_XServicer_to_server() calls
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_port(self, address: str) -> int:
+        """Bind ``address`` (e.g. ``127.0.0.1:0``) with the SVID; return the port."""
+        return self._ports.bound(address, self._server.add_secure_port(
+            address, self._ports.credentials()))
+
+    def add_insecure_port(self, address: str) -> int:
+        raise self._ports.refuse("plaintext ports")
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        raise self._ports.refuse("credentials it did not build")
+
+    def start(self) -> None:
+        self._ports.check_start()
+        self._server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None) -> threading.Event:
+        self.health.enter_graceful_shutdown()
+        return self._server.stop(grace)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+    def __enter__(self) -> MeshServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(None)
+
+
+class AioMeshServer:
+    """The ``grpc.aio`` flavour of :class:`MeshServer`; handlers should be ``async def``."""
+
+    def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
+                 verifier: ChainVerifier | None = None, edge: bool = False,
+                 options: Options = (), audit: AuditLog | None = None,
+                 interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+                 caches: bool = True) -> None:
+        self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
+                                 audit=audit, caches=caches)
+        self._ports = _Ports(source, edge)
+        self._server = grpc.aio.server(
+            interceptors=[AioMeshServerInterceptor(self.guard), *interceptors],
+            options=list(options),
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_port(self, address: str) -> int:
+        return self._ports.bound(address, self._server.add_secure_port(
+            address, self._ports.credentials()))
+
+    def add_insecure_port(self, address: str) -> int:
+        raise self._ports.refuse("plaintext ports")
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        raise self._ports.refuse("credentials it did not build")
+
+    async def start(self) -> None:
+        self._ports.check_start()
+        await self._server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)

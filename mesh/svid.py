@@ -1,0 +1,259 @@
+"""Where a service's own identity comes from: an X.509-SVID, its key and the trust anchors.
+
+A source hands out immutable :class:`Svid` snapshots. :class:`X509SvidFolder` reads the three
+spiffe-helper files (DESIGN section 2) and swaps in a new snapshot when they change on disk, but
+only once the new key matches the new leaf: writers replace the files one by one, so a reader
+can see a new certificate next to the old key for a moment, and serving that pair would break
+every handshake. :class:`StaticSvid` never changes (tests, or identities held in memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh.errors import MeshError
+from mesh.spiffeid import SpiffeId
+from mesh.x509util import load_pem_chain, spiffe_id_of, thumbprint
+
+_log = logging.getLogger(__name__)
+
+SVID_FILE = "svid.pem"
+KEY_FILE = "svid_key.pem"
+BUNDLE_FILE = "svid_bundle.pem"
+
+
+class SvidError(MeshError):
+    """The service's own SVID could not be loaded; the reason is in the subclass."""
+
+
+class SvidFileError(SvidError):
+    """An SVID file is missing, unreadable or not PEM of the expected kind."""
+
+
+class SvidKeyMismatchError(SvidError):
+    """The private key does not belong to the leaf certificate."""
+
+
+class SvidNotSpiffeError(SvidError):
+    """The leaf certificate does not carry exactly one SPIFFE ID."""
+
+
+@dataclass(frozen=True, slots=True)
+class Svid:
+    """One consistent identity: leaf + intermediates, the leaf's key and the trust anchors."""
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
+    roots: tuple[x509.Certificate, ...]
+    chain_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    roots_pem: bytes = field(repr=False)
+    thumbprint: str
+    generation: int
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def build_svid(chain_pem: bytes, key_pem: bytes, roots_pem: bytes, generation: int = 0) -> Svid:
+    """Parse and cross-check the three PEM blobs; raise an :class:`SvidError` subclass."""
+    try:
+        chain = tuple(load_pem_chain(chain_pem))
+    except MeshError as err:
+        raise SvidFileError(f"{SVID_FILE} holds no readable certificate") from err
+    try:
+        roots = tuple(load_pem_chain(roots_pem))
+    except MeshError as err:
+        raise SvidFileError(f"{BUNDLE_FILE} holds no readable certificate") from err
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as err:
+        raise SvidFileError(f"{KEY_FILE} is not an unencrypted PEM private key") from err
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SvidFileError(f"{KEY_FILE} must hold an EC key (gRPC's TLS needs ECDSA P-256)")
+    leaf_pub = chain[0].public_key()
+    if not isinstance(leaf_pub, ec.EllipticCurvePublicKey) or leaf_pub.public_numbers() != (
+        key.public_key().public_numbers()
+    ):
+        raise SvidKeyMismatchError(
+            f"{KEY_FILE} does not belong to the leaf certificate in {SVID_FILE}"
+        )
+    try:
+        sid = spiffe_id_of(chain[0])
+    except MeshError as err:
+        raise SvidNotSpiffeError(f"the leaf in {SVID_FILE} is not an X.509-SVID: {err}") from err
+    return Svid(
+        spiffe_id=sid,
+        chain=chain,
+        private_key=key,
+        roots=roots,
+        chain_pem=chain_pem,
+        key_pem=key_pem,
+        roots_pem=roots_pem,
+        thumbprint=thumbprint(chain[0]),
+        generation=generation,
+    )
+
+
+Listener = Callable[[Svid], None]
+
+
+class SvidSource(Protocol):
+    """Anything that hands out the current identity and says when it changed."""
+
+    def current(self) -> Svid:
+        """The identity to use now (cheap: callers ask on every call or connection)."""
+        ...
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(new_svid)`` after each swap."""
+        ...
+
+
+class StaticSvid:
+    """An identity that never changes."""
+
+    def __init__(self, chain: Sequence[x509.Certificate], private_key: ec.EllipticCurvePrivateKey,
+                 roots: Sequence[x509.Certificate]) -> None:
+        pem = serialization.Encoding.PEM
+        self._svid = build_svid(
+            b"".join(c.public_bytes(pem) for c in chain),
+            private_key.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            b"".join(c.public_bytes(pem) for c in roots),
+        )
+
+    @classmethod
+    def from_pem(cls, chain_pem: bytes, key_pem: bytes, roots_pem: bytes) -> StaticSvid:
+        self = cls.__new__(cls)
+        self._svid = build_svid(chain_pem, key_pem, roots_pem)
+        return self
+
+    def current(self) -> Svid:
+        return self._svid
+
+    def subscribe(self, listener: Listener) -> None:
+        """Nothing ever changes; the listener is never called."""
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+class X509SvidFolder:
+    """Reads ``svid.pem``, ``svid_key.pem`` and ``svid_bundle.pem`` from a folder and reloads them.
+
+    Changes are noticed lazily: ``current()`` stats the three files at most once per
+    ``poll_interval`` seconds (mtime, size and inode, so an ``os.replace`` with an unchanged
+    mtime is still seen). ``start()`` adds a daemon thread doing the same, so listeners hear of
+    a rotation even while no call asks. A half-written or mismatched set keeps the old snapshot
+    and is retried on the next poll; the first load must succeed.
+    """
+
+    def __init__(self, path: Path | str, *, poll_interval: float = 1.0) -> None:
+        self._dir = Path(path)
+        self._poll = poll_interval
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._next_check = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        fp = self._fingerprints()
+        self._svid = self._load(generation=0)
+        self._fp = fp
+        self._next_check = time.monotonic() + self._poll
+
+    @property
+    def path(self) -> Path:
+        return self._dir
+
+    def _fingerprints(self) -> tuple[tuple[int, int, int, int], ...]:
+        try:
+            return tuple(_fingerprint(self._dir / n) for n in (SVID_FILE, KEY_FILE, BUNDLE_FILE))
+        except OSError as err:
+            raise SvidFileError(
+                f"cannot stat the SVID files in {self._dir}: {err.strerror}"
+            ) from err
+
+    def _load(self, generation: int) -> Svid:
+        blobs = []
+        for name in (SVID_FILE, KEY_FILE, BUNDLE_FILE):
+            try:
+                blobs.append((self._dir / name).read_bytes())
+            except OSError as err:
+                raise SvidFileError(f"cannot read {self._dir / name}: {err.strerror}") from err
+        return build_svid(blobs[0], blobs[1], blobs[2], generation)
+
+    def current(self) -> Svid:
+        if time.monotonic() >= self._next_check:
+            self.refresh()
+        return self._svid
+
+    def refresh(self) -> bool:
+        """Check the files now; return True when a new snapshot was swapped in."""
+        with self._lock:
+            self._next_check = time.monotonic() + self._poll
+            try:
+                fp = self._fingerprints()
+            except SvidError as err:
+                _log.warning("SVID reload skipped: %s", err)
+                return False
+            if fp == self._fp:
+                return False
+            try:
+                new = self._load(self._svid.generation + 1)
+            except SvidError as err:
+                # Likely caught mid-rotation; keep serving the old identity and try again.
+                _log.warning("SVID reload deferred, keeping the current identity: %s", err)
+                return False
+            if fp != self._fingerprints():
+                return False  # changed while we read: read again next time
+            self._fp = fp
+            changed = new.chain_pem != self._svid.chain_pem or new.roots_pem != self._svid.roots_pem
+            if not changed:
+                return False
+            self._svid = new
+            listeners = list(self._listeners)
+        _log.info("SVID reloaded: %s, thumbprint %s", new.spiffe_id, new.thumbprint)
+        for listener in listeners:
+            try:
+                listener(new)
+            except Exception:
+                _log.exception("SVID listener failed")
+        return True
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def start(self) -> X509SvidFolder:
+        """Poll in a daemon thread as well (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="svid-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            self.refresh()
