@@ -77,10 +77,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_issue(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    ttl = parse_duration(args.ttl)
     csr = _read_csr(args.csr)
     with CertificateAuthority.open(_ca_dir(args)) as ca:
         svids = ca.issue_many(
-            args.names, dns=args.dns, ips=args.ip, ttl=args.ttl, csr_pem=csr, out_dir=out
+            args.names,
+            dns=args.dns,
+            ips=args.ip,
+            ttl=ttl,
+            csr_pem=csr,
+            out_dir=out,
         )
     for svid in svids:
         print(_issued_line("issued", svid, out))
@@ -190,13 +196,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # ---- parsers ---------------------------------------------------------------------------------
 
 
-def _duration(text: str) -> Any:
-    try:
-        return parse_duration(text)
-    except CAError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
 def _add_ca_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ca-dir",
@@ -222,8 +221,7 @@ def _add_issue_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ttl",
-        type=_duration,
-        default=DEFAULT_TTL,
+        default=format_duration(DEFAULT_TTL),
         metavar="DURATION",
         help=f"lifetime like 30m, 24h, 7d (default: {format_duration(DEFAULT_TTL)})",
     )

@@ -58,7 +58,9 @@ class IssuedSVID:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OutputError(f"cannot create {directory}: {err.strerror or err}") from err
+            raise OutputError(
+                f"cannot create the output folder {directory}: {err.strerror or err}"
+            ) from err
         staged.add(directory / SVID_BUNDLE_PEM, self.bundle_pem(), fsio.PUBLIC_MODE)
         if self.private_key is not None:
             staged.add(directory / SVID_KEY_PEM, self.key_pem(), fsio.KEY_MODE)

@@ -1,0 +1,127 @@
+"""Property tests for everything in ca/ that parses what a person or a file hands it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ca import errors
+from ca.authority import CertificateAuthority
+from ca.crl import REASONS, parse_reason
+from ca.describe import load_certificates
+from ca.lint import lint
+from ca.parsing import MAX_TTL, format_duration, parse_duration, parse_serial
+
+FAST = settings(max_examples=200, deadline=None)
+NAMES = st.text(max_size=70) | st.from_regex(r"[a-z0-9][a-z0-9-]{0,70}", fullmatch=True)
+
+
+@pytest.fixture(scope="module")
+def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertificateAuthority]:
+    # One CA for the whole module: hypothesis reruns a body many times within one test.
+    with CertificateAuthority.init(tmp_path_factory.mktemp("props") / "ca") as ca:
+        yield ca
+
+
+@FAST
+@given(st.integers(min_value=1, max_value=int(MAX_TTL.total_seconds())))
+def test_duration_round_trip(seconds: int) -> None:
+    text = format_duration(timedelta(seconds=seconds))
+    assert re.fullmatch(r"(\d+d)?(\d+h)?(\d+m)?(\d+s)?", text)
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@FAST
+@given(st.text(max_size=20))
+def test_duration_rejects_or_parses_only(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except errors.InvalidValidity as err:
+        assert "lifetime" in str(err)
+    else:
+        assert timedelta(seconds=1) <= value <= MAX_TTL
+
+
+@FAST
+@given(st.integers(min_value=1, max_value=2**160 - 1), st.booleans(), st.booleans(), st.booleans())
+def test_serial_round_trip(serial: int, upper: bool, colons: bool, prefix: bool) -> None:
+    text = format(serial, "X" if upper else "x")
+    if colons:
+        text = text.zfill(len(text) + len(text) % 2)
+        text = ":".join(text[i : i + 2] for i in range(0, len(text), 2))
+    if prefix:
+        text = "0x" + text
+    assert parse_serial(text) == serial
+
+
+@FAST
+@given(st.text(max_size=50))
+def test_serial_rejects_or_parses_only(text: str) -> None:
+    try:
+        value = parse_serial(text)
+    except errors.InvalidSerial:
+        return
+    assert 0 < value < 2**160
+
+
+@FAST
+@given(st.text(max_size=30))
+def test_reason_rejects_or_names_an_rfc5280_reason(text: str) -> None:
+    try:
+        assert parse_reason(text) in REASONS
+    except errors.InvalidRevocationReason as err:
+        assert "unknown" in str(err)
+
+
+@pytest.mark.parametrize("name", list(REASONS))
+def test_reason_spellings(name: str) -> None:
+    snake = re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+    kebab = snake.replace("_", "-")
+    assert parse_reason(name) == parse_reason(snake) == parse_reason(kebab) == name
+
+
+@FAST
+@given(st.binary(max_size=600))
+def test_certificate_loader_never_crashes(data: bytes) -> None:
+    for cert in load_certificates(data):  # rarely anything; must never raise
+        lint(cert)
+
+
+@FAST
+@given(
+    data=st.binary(max_size=400)
+    | st.builds(
+        lambda body: b"-----BEGIN CERTIFICATE REQUEST-----\n" + body
+        + b"\n-----END CERTIFICATE REQUEST-----\n",
+        st.binary(max_size=300),
+    )
+)
+def test_csr_parser_refuses_garbage_with_badcsr(
+    shared_ca: CertificateAuthority, data: bytes
+) -> None:
+    ca = shared_ca
+    with pytest.raises(errors.BadCSR):
+        ca._csr_public_key(data)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=NAMES)
+def test_issue_with_any_name_issues_or_refuses_cleanly(
+    shared_ca: CertificateAuthority, name: str
+) -> None:
+    ca = shared_ca
+    before = len(ca.records())
+    try:
+        svid = ca.issue(name)
+    except errors.InvalidServiceName as err:
+        assert "service name" in str(err)
+        assert len(ca.records()) == before
+    else:
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name)
+        assert str(svid.spiffe_id) == f"spiffe://mesh.internal/svc/{name}"
+        assert len(ca.records()) == before + 1
