@@ -163,9 +163,11 @@ class MeshKit:
 
     # servers
     def serve(self, name: str, policy: Policy, *, forward: Forward = None,
-              source: X509SvidFolder | None = None, edge: bool = False, **kw: Any) -> int:
+              source: X509SvidFolder | None = None, edge: bool = False,
+              bundle: FileBundleSource | None = None, **kw: Any) -> int:
         source = source or self.identity(name)
-        server = MeshServer(source, policy, self.bundle, edge=edge, max_workers=8, **kw)
+        server = MeshServer(source, policy, bundle or self.bundle, edge=edge, max_workers=8,
+                            **kw)
         server.add_generic_rpc_handlers([sync_handlers(forward)])
         port = server.add_port("127.0.0.1:0")
         server.start()

@@ -1,0 +1,233 @@
+"""Every failure class of DESIGN 4 observed through a real call: status code and reason.
+
+Each attack has a negative control (the same call made honestly succeeds), so a test can only
+pass when the check under test is what refused the call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.grpcerrors import UserRequiredError
+from mesh.policy import Policy, Rule
+from mesh.status import error_info
+from mesh.tokens.signer import TokenSigner
+
+UNARY = "/test.v1.Echo/Unary"
+PEM = serialization.Encoding.PEM
+
+
+def pem_files(kit: Any, name: str) -> tuple[bytes, bytes, bytes]:
+    folder = kit.folder(name)
+    return tuple((folder / f).read_bytes() for f in ("svid.pem", "svid_key.pem",  # type: ignore[return-value]
+                                                     "svid_bundle.pem"))
+
+
+def raw_channel(port: int, callee_dns: str, *, key: bytes | None, chain: bytes | None,
+                roots: bytes) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(roots, key, chain)
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                               options=[("grpc.ssl_target_name_override", callee_dns)])
+
+
+def fails(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as exc:
+        call()
+    info = error_info(exc.value)
+    return exc.value.code(), info.reason if info else ""
+
+
+def app_policy(*peers: str) -> Policy:
+    return Policy([Rule(methods=("*",), peers=peers, require_user=False)])
+
+
+def test_no_client_certificate_fails_the_handshake(kit: Any) -> None:
+    port = kit.serve("orders", app_policy("gateway"))
+    _, _, roots = pem_files(kit, "orders")
+    plain = raw_channel(port, "orders.svc.mesh.internal", key=None, chain=None, roots=roots)
+    code, reason = fails(lambda: plain.unary_unary(UNARY)(b"x", timeout=5))
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "")  # NOTES: handshake failure
+    # control: the same server answers a caller with a certificate
+    ok = kit.channel(port, "orders", kit.identity("gateway")).unary_unary(UNARY)(b"x", timeout=5)
+    assert json.loads(ok)["peer"].endswith("/svc/gateway")
+    plain.close()
+
+
+def test_certificate_from_another_ca_fails_the_handshake(kit: Any, ca_factory: Any,
+                                                         tmp_path: Any) -> None:
+    port = kit.serve("orders", app_policy("*"))
+    rogue_ca = ca_factory()
+    rogue = rogue_ca.issue("gateway")  # same name, same trust domain, wrong issuer
+    _, _, our_roots = pem_files(kit, "orders")
+    key = rogue.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption())
+    chain = b"".join(c.public_bytes(PEM) for c in rogue.chain)
+    channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain,
+                          roots=our_roots)
+    assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+        grpc.StatusCode.UNAVAILABLE, "")
+    channel.close()
+
+
+def test_revoked_certificate_is_refused_even_on_an_open_connection(kit: Any) -> None:
+    port = kit.serve("orders", app_policy("gateway"))
+    channel = kit.channel(port, "orders", kit.identity("gateway"))
+    call = channel.unary_unary(UNARY)
+    assert json.loads(call(b"x", timeout=5))["chain"] == ["gateway"]  # control
+    kit.ca.revoke(name="gateway")
+    deadline = time.monotonic() + 5
+    result: tuple[grpc.StatusCode, str] = (grpc.StatusCode.OK, "")
+    while time.monotonic() < deadline:  # the CRL file is re-read within check_interval
+        try:
+            call(b"x", timeout=5)
+        except grpc.RpcError as err:
+            info = error_info(err)
+            result = (err.code(), info.reason if info else "")
+            break
+        time.sleep(0.05)
+    assert result == (grpc.StatusCode.UNAUTHENTICATED, "CERT_REVOKED")
+
+
+def test_stolen_token_replayed_over_another_services_connection(kit: Any) -> None:
+    port = kit.serve("orders", app_policy("gateway", "inventory"))
+    kit.identity("gateway")
+    gateway = kit.ca.issue("gateway")  # the victim's current identity
+    gateway.write_to(kit.folder("gateway"))
+    stolen = TokenSigner(gateway.private_key, gateway.chain).app_token(kit.td.service("orders"))
+    kit.identity("inventory")
+    chain, key, roots = pem_files(kit, "inventory")
+    thief = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
+    md = (("authorization", "Bearer " + stolen),)
+    assert fails(lambda: thief.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
+        grpc.StatusCode.UNAUTHENTICATED, "PEER_MISMATCH")
+    # control: over the victim's own connection the same token is accepted
+    gw_chain, gw_key, _ = pem_files(kit, "gateway")
+    victim = raw_channel(port, "orders.svc.mesh.internal", key=gw_key, chain=gw_chain,
+                         roots=roots)
+    assert json.loads(victim.unary_unary(UNARY)(b"x", metadata=md, timeout=5))["chain"] == [
+        "gateway"]
+    thief.close()
+    victim.close()
+
+
+def test_call_without_token_is_unauthenticated(kit: Any) -> None:
+    port = kit.serve("orders", app_policy("inventory"))
+    kit.identity("inventory")
+    chain, key, roots = pem_files(kit, "inventory")
+    channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
+    assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+        grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
+    channel.close()
+
+
+def test_chain_that_skipped_a_required_hop(kit: Any, as_user_call: Any) -> None:
+    payments_policy = Policy([Rule(methods=("*",), chains=(("gateway", "orders"),))])
+    payments_port = kit.serve("payments", payments_policy)
+    orders_id = kit.identity("orders")
+    to_payments = kit.channel(payments_port, "payments", orders_id)
+    orders_port = kit.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),))]),
+                            source=orders_id,
+                            forward=lambda req: to_payments.unary_unary(UNARY)(req, timeout=5))
+    gateway = kit.identity("gateway")
+    token = kit.user_token("alice")
+    with as_user_call("gateway", token):
+        # the attack: gateway calls payments directly, skipping orders
+        skipped = kit.channel(payments_port, "payments", gateway)
+        assert fails(lambda: skipped.unary_unary(UNARY)(b"x", timeout=5)) == (
+            grpc.StatusCode.PERMISSION_DENIED, "CHAIN_NOT_ALLOWED")
+        # control: through orders it is allowed
+        via_orders = kit.channel(orders_port, "orders", gateway)
+        seen = json.loads(via_orders.unary_unary(UNARY)(b"x", timeout=5))
+    assert seen["downstream"]["chain"] == ["gateway", "orders"]
+
+
+def test_user_missing_a_scope(kit: Any, as_user_call: Any) -> None:
+    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+                                            scopes=("orders:write",))]))
+    channel = kit.channel(port, "orders", kit.identity("gateway"))
+    with as_user_call("gateway", kit.user_token("alice", scope="orders:read")):
+        assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+            grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
+    with as_user_call("gateway", kit.user_token("bob", scope="orders:read orders:write")):
+        assert json.loads(channel.unary_unary(UNARY)(b"x", timeout=5))["user"] == "bob"
+
+
+def test_expired_token_is_refused_by_the_callee(kit: Any) -> None:
+    port = kit.serve("orders", app_policy("gateway"))
+    kit.identity("gateway")
+    gateway = kit.ca.issue("gateway")
+    gateway.write_to(kit.folder("gateway"))
+    chain, key, roots = pem_files(kit, "gateway")
+    channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
+    orders = kit.td.service("orders")
+    past = TokenSigner(gateway.private_key, gateway.chain, clock=lambda: time.time() - 120)
+    md = (("authorization", "Bearer " + past.app_token(orders, ttl=60)),)
+    assert fails(lambda: channel.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
+        grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
+    fresh = (("authorization", "Bearer " + TokenSigner(gateway.private_key, gateway.chain)
+              .app_token(orders)),)
+    assert json.loads(channel.unary_unary(UNARY)(b"x", metadata=fresh, timeout=5))["peer"]
+    channel.close()
+
+
+def test_method_without_rule_is_denied_by_default(kit: Any) -> None:
+    port = kit.serve("orders", Policy([Rule(methods=("/other.v1.Svc/Get",), peers=("*",),
+                                            require_user=False)]))
+    channel = kit.channel(port, "orders", kit.identity("gateway"))
+    assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+        grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE")
+
+
+def test_client_refuses_to_call_without_user_when_required(kit: Any, as_user_call: Any) -> None:
+    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",))]))
+    channel = kit.channel(port, "orders", kit.identity("gateway"), require_user=True)
+    with pytest.raises(UserRequiredError, match="require an end user"):
+        channel.unary_unary(UNARY)(b"x", timeout=5)
+    with as_user_call("gateway", kit.user_token("alice")):  # control
+        assert json.loads(channel.unary_unary(UNARY)(b"x", timeout=5))["user"] == "alice"
+
+
+def test_health_needs_mtls_but_no_token(kit: Any) -> None:
+    port = kit.serve("orders", app_policy("inventory"))  # gateway is not even allowed
+    gateway = kit.identity("gateway")
+    chain, key, roots = pem_files(kit, "gateway")
+    with_cert = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
+    stub = health_pb2_grpc.HealthStub(with_cert)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    without = raw_channel(port, "orders.svc.mesh.internal", key=None, chain=None, roots=roots)
+    code, _ = fails(lambda: health_pb2_grpc.HealthStub(without).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    # the same gateway is refused on a real method: health is the only tokenless door
+    assert fails(lambda: kit.channel(port, "orders", gateway).unary_unary(UNARY)(
+        b"x", timeout=5)) == (grpc.StatusCode.PERMISSION_DENIED, "PEER_NOT_ALLOWED")
+    with_cert.close()
+    without.close()
+
+
+def test_edge_port_accepts_user_tokens_only(kit: Any) -> None:
+    port = kit.serve("gateway", Policy([Rule(methods=("*",), peers=("*",))]), edge=True)
+    _, _, roots = pem_files(kit, "gateway")
+    outside = raw_channel(port, "gateway.svc.mesh.internal", key=None, chain=None, roots=roots)
+    md = (("authorization", "Bearer " + kit.user_token("alice", aud="gateway")),)
+    seen = json.loads(outside.unary_unary(UNARY)(b"x", metadata=md, timeout=5))
+    assert (seen["user"], seen["peer"], seen["chain"]) == ("alice", None, [])
+    # a service token is rejected at an edge port
+    inv = kit.ca.issue("inventory")
+    app = TokenSigner(inv.private_key, inv.chain).app_token(kit.td.service("gateway"))
+    code, reason = fails(lambda: outside.unary_unary(UNARY)(
+        b"x", metadata=(("authorization", "Bearer " + app),), timeout=5))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and reason == "TYPE_MISMATCH"
+    # a user token for another service is rejected too
+    other = (("authorization", "Bearer " + kit.user_token("alice", aud="orders")),)
+    assert fails(lambda: outside.unary_unary(UNARY)(b"x", metadata=other, timeout=5)) == (
+        grpc.StatusCode.UNAUTHENTICATED, "AUDIENCE_MISMATCH")
+    outside.close()
