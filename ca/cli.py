@@ -183,6 +183,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     certs = load_certificates(data)
     if not certs:
         raise InvalidCertificate(f"{path} holds no readable certificate (PEM or DER)")
+    if args.leaf:
+        certs = certs[:1]
     now = datetime.now(UTC)
     infos = [summary(c, now) for c in certs]
     ok = all(i["conforms"] for i in infos)
@@ -281,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="summarise and lint any certificate file")
     p.add_argument("file", metavar="FILE", help="PEM (one or more certificates) or DER")
+    p.add_argument(
+        "--leaf", action="store_true", help="only the first certificate (skip the intermediates)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
     p.set_defaults(handler=cmd_inspect)
     return parser
