@@ -1,0 +1,124 @@
+"""What every demo servicer shares: who the verified user is, and how failures reach the wire.
+
+A :class:`~mesh.demo.errors.DemoError` becomes its status with a ``google.rpc.ErrorInfo`` (the
+same shape as the mesh's own rejections, :mod:`mesh.status`). A failure of a service called
+downstream is passed on with its code and ErrorInfo intact (so the caller learns that, say,
+inventory refused for ``SCOPE_MISSING``), its message prefixed with who refused.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar, cast
+
+import grpc
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status  # type: ignore[import-untyped]
+
+from mesh.context import current_call
+from mesh.demo.errors import DemoError, DownstreamFailed, UserRequired
+from mesh.spiffeid import SpiffeId
+from mesh.status import rejection
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Registry(Protocol):
+    """What generated ``add_XServicer_to_server`` functions call (grpc.Server, MeshServer)."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, Any]) -> None: ...
+
+
+def verified_user() -> str:
+    """The end user of the call being handled (from the verified chain, never the request)."""
+    chain = current_call()
+    if chain is None or not chain.user:
+        raise UserRequired("this method acts for an end user and the call carries none")
+    return chain.user
+
+
+def _abort_demo(context: grpc.ServicerContext, err: DemoError, service: str,
+                method: str) -> NoReturn:
+    code = grpc.StatusCode[err.status]
+    context.abort_with_status(rejection(code, str(err), err.reason, service=service,
+                                        method=method))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def _abort_downstream(context: grpc.ServicerContext, err: grpc.RpcError, service: str,
+                      method: str, downstream: str) -> NoReturn:
+    call = cast(grpc.Call, err)
+    code = call.code()
+    details = call.details() or code.name
+    try:
+        proto = rpc_status.from_call(call)
+    except ValueError:
+        proto = None
+    if proto is None:
+        failure = DownstreamFailed(f"{downstream} failed: {details}")
+        reason = "DEADLINE_EXCEEDED" if code == grpc.StatusCode.DEADLINE_EXCEEDED else (
+            failure.reason)
+        context.abort_with_status(rejection(code, str(failure), reason, service=service,
+                                            method=method))
+    else:
+        forwarded = status_pb2.Status(code=proto.code, message=f"{downstream} refused: "
+                                      f"{proto.message}", details=proto.details)
+        context.abort_with_status(rpc_status.to_status(forwarded))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+class Downstream(Exception):
+    """A failed call to another service, tagged with that service's name."""
+
+    def __init__(self, service: str, err: grpc.RpcError) -> None:
+        super().__init__(service)
+        self.service = service
+        self.err = err
+
+
+def call_downstream(service: str, fn: Callable[[], Any]) -> Any:
+    """Run one downstream call; a failure is tagged with ``service`` for :func:`handler`."""
+    try:
+        return fn()
+    except grpc.RpcError as err:
+        raise Downstream(service, err) from err
+
+
+def handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
+    """Translate DemoError and downstream failures of a unary or request-streaming method."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn(self, request, context)
+            except DemoError as err:
+                _abort_demo(context, err, str(own_id), method)
+            except Downstream as down:
+                _abort_downstream(context, down.err, str(own_id), method, down.service)
+
+        return cast(F, inner)
+
+    return wrap
+
+
+def stream_handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
+    """Like :func:`handler`, for a server-streaming method (a generator)."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn(self, request, context)
+            except DemoError as err:
+                _abort_demo(context, err, str(own_id), method)
+            except Downstream as down:
+                _abort_downstream(context, down.err, str(own_id), method, down.service)
+
+        return cast(F, inner)
+
+    return wrap
