@@ -21,7 +21,7 @@ from ca.authority import DEFAULT_TTL, CertificateAuthority
 from ca.crl import REASONS
 from ca.describe import load_certificates, render, summary
 from ca.errors import BadCSR, CAError, InvalidCertificate, InvalidInput
-from ca.parsing import format_duration, parse_duration, parse_serial
+from ca.parsing import parse_duration, parse_serial
 from ca.registry import CertRecord
 from ca.svid import IssuedSVID
 from mesh.spiffeid import DEFAULT_TRUST_DOMAIN
@@ -223,9 +223,9 @@ def _add_issue_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ttl",
-        default=format_duration(DEFAULT_TTL),
+        default=f"{int(DEFAULT_TTL.total_seconds()) // 3600}h",
         metavar="DURATION",
-        help=f"lifetime like 30m, 24h, 7d (default: {format_duration(DEFAULT_TTL)})",
+        help="lifetime like 30m, 24h, 7d (default: %(default)s)",
     )
     p.add_argument(
         "--csr",
