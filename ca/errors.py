@@ -76,6 +76,12 @@ class CAKeyMismatch(CAError):
     reason = "CA_KEY_MISMATCH"
 
 
+class InsecureCAKey(CAError):
+    """A CA key file is readable or writable by other users; the CA refuses to use it."""
+
+    reason = "INSECURE_CA_KEY"
+
+
 class CorruptCA(CAError):
     """The CA folder exists but a file in it is unreadable or inconsistent."""
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.errors import CorruptCA, OutputError
+from ca.errors import CorruptCA, InsecureCAKey, OutputError
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -37,10 +37,18 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Load a CA key, refusing one that other users could read or replace (like ssh does)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode & 0o777
+            data = fh.read()
     except OSError as err:
         raise CorruptCA(f"cannot read the CA key {path.name}: {err.strerror}") from err
+    if mode & 0o077:
+        raise InsecureCAKey(
+            f"the CA key {path.name} is open to other users (mode {mode:04o}); "
+            f"run chmod 600 on it"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:

@@ -101,6 +101,12 @@ class CertRecord:
         )
 
 
+def _blob(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview) or not value:
+        raise CorruptCA("the registry holds a certificate row without its DER encoding")
+    return bytes(value)
+
+
 def _record(row: sqlite3.Row | tuple[object, ...]) -> CertRecord:
     (serial, name, sid, nb, na, ia, tp, status, rat, reason, dns, ips, ttl, own, der, x, y) = row
     return CertRecord(
@@ -118,7 +124,7 @@ def _record(row: sqlite3.Row | tuple[object, ...]) -> CertRecord:
         ips=tuple(json.loads(str(ips))),
         ttl=int(str(ttl)),
         own_key=bool(own),
-        der=bytes(der) if isinstance(der, bytes | bytearray | memoryview) else b"",
+        der=_blob(der),
         jwk_x=str(x),
         jwk_y=str(y),
     )

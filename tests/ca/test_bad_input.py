@@ -178,3 +178,16 @@ def test_open_detects_missing_and_corrupt(ca_factory, tmp_path: Path) -> None:  
     (other.ca_dir / "registry.db").unlink()
     with pytest.raises(errors.CorruptCA):
         CertificateAuthority.open(other.ca_dir)
+
+
+def test_open_refuses_a_ca_key_open_to_others(
+    ca_factory: Callable[..., CertificateAuthority],
+) -> None:
+    ca = ca_factory(intermediate=True)
+    for key in ("root_key.pem", "intermediate_key.pem"):
+        path = ca.ca_dir / key
+        path.chmod(0o640)
+        with pytest.raises(errors.InsecureCAKey, match=f"{key} is open to other users"):
+            CertificateAuthority.open(ca.ca_dir)
+        path.chmod(0o600)
+    CertificateAuthority.open(ca.ca_dir).close()  # control: fixed modes open again
