@@ -81,7 +81,6 @@ BUNDLE_PEM = "svid_bundle.pem"
 CRL_PEM = "crl.pem"
 
 
-
 def _now() -> datetime:
     # X.509 and the registry keep whole seconds; keep one clock value per operation.
     return datetime.now(UTC).replace(microsecond=0)
@@ -263,10 +262,14 @@ class CertificateAuthority:
 
     def records(self) -> list[CertRecord]:
         """Every certificate in the registry, oldest first."""
-        return self._registry.all()
+        # The thread lock keeps a reader off the shared connection while another thread's
+        # transaction is open (it would see uncommitted rows).
+        with self._thread_lock:
+            return self._registry.all()
 
     def record(self, serial: int) -> CertRecord:
-        rec = self._registry.by_serial(serial)
+        with self._thread_lock:
+            rec = self._registry.by_serial(serial)
         if rec is None:
             raise UnknownSerial(f"no certificate with serial {serial:x} was issued by this CA")
         return rec
@@ -367,7 +370,8 @@ class CertificateAuthority:
         until they expire (a rotating service needs the overlap); revoke them to end them.
         """
         name = check_name(name)
-        history = self._registry.by_name(name)
+        with self._thread_lock:
+            history = self._registry.by_name(name)
         if not history:
             raise UnknownService(f"service {name!r} has never been issued a certificate")
         last = history[-1]
