@@ -52,6 +52,9 @@ def set_up(stage: Stage, out: Out, report: Report) -> None:
     stage.issue(names)
     out.line(f"$ mesh-ca list --ca-dir {_rel(stage.ca_dir)}", 2)
     out.line(stage.ca_list().rstrip(), 4)
+    sample = stage.ids / "orders" / "svid.pem"
+    out.line(f"$ mesh-ca inspect --leaf {_rel(sample)}", 2)
+    out.line(stage.run_tool("mesh-ca", "inspect", "--leaf", str(sample)).rstrip(), 4)
     stage.write_users()
     out.line("demo users (users.json holds scrypt hashes only): "
              + ", ".join(f"{u.username} / {u.password} (scope {' '.join(u.scope)})"

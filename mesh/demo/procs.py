@@ -88,6 +88,9 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _unwind)
+        # A shell starts background jobs with SIGINT ignored, and Python then leaves it so:
+        # restore Ctrl-C (KeyboardInterrupt) so `kill -INT` stops the demo there too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def start(
         self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None

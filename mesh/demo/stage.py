@@ -290,7 +290,6 @@ class Stage:
             "roots": str(self.ca_dir / "svid_bundle.pem"),
             "auth": self.endpoints["auth"].edge if "auth" in self.endpoints else None,
             "gateway": self.endpoints["gateway"].edge,
-            "users": [{"username": u.username, "password": u.password} for u in USERS],
         }
         path = self.state / "endpoints.json"
         path.write_text(json.dumps(doc, indent=2))
