@@ -61,6 +61,9 @@ def check_ips(ips: Sequence[str | IPAddress]) -> list[IPAddress]:
             addr = ipaddress.ip_address(ip)
         except ValueError as err:
             raise InvalidSAN(f"IP address {ip!r} is invalid") from err
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+            # A certificate holds 16 bytes; the zone would be silently dropped.
+            raise InvalidSAN(f"IP address {ip!r} has a zone; a certificate cannot carry one")
         if addr not in out:
             out.append(addr)
     return out

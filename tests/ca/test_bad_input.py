@@ -47,6 +47,8 @@ BAD_CALLS: list[tuple[str, Callable[[CertificateAuthority], object], type[Except
     ("wildcard DNS", lambda ca: ca.issue("a", dns=["*.x.org"]), errors.InvalidSAN),
     ("bad DNS", lambda ca: ca.issue("a", dns=["under_score.org"]), errors.InvalidSAN),
     ("bad IP", lambda ca: ca.issue("a", ips=["300.1.1.1"]), errors.InvalidSAN),
+    ("scoped IPv6", lambda ca: ca.issue("a", ips=["fe80::1%eth0"]), errors.InvalidSAN),
+    ("dns as one string", lambda ca: ca.issue("a", dns="a.org"), errors.InvalidSAN),
     ("zero ttl", lambda ca: ca.issue("a", ttl=timedelta(0)), errors.InvalidValidity),
     ("ttl past the CA", lambda ca: ca.issue("a", ttl=timedelta(days=4000)), errors.InvalidValidity),
     ("garbage CSR", lambda ca: ca.issue("a", csr_pem=b"hello"), errors.BadCSR),

@@ -125,3 +125,33 @@ def test_issue_with_any_name_issues_or_refuses_cleanly(
         assert re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name)
         assert str(svid.spiffe_id) == f"spiffe://mesh.internal/svc/{name}"
         assert len(ca.records()) == before + 1
+
+
+DNS_LIKE = st.text(alphabet="abcXYZ019-._*é ", max_size=30) | st.from_regex(
+    r"[a-z0-9]{1,10}(\.[a-z0-9-]{1,10}){0,3}\.?", fullmatch=True
+)
+IP_LIKE = st.text(alphabet="0123456789.:abcdef", max_size=20) | st.ip_addresses().map(str)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dns=st.lists(DNS_LIKE, max_size=3), ips=st.lists(IP_LIKE, max_size=2))
+def test_extra_sans_are_issued_exactly_or_refused(
+    shared_ca: CertificateAuthority, dns: list[str], ips: list[str]
+) -> None:
+    import ipaddress
+
+    from cryptography import x509
+
+    before = len(shared_ca.records())
+    try:
+        svid = shared_ca.issue("sans", dns=dns, ips=ips)
+    except errors.InvalidSAN:
+        assert len(shared_ca.records()) == before
+        return
+    san = svid.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    got_dns = san.get_values_for_type(x509.DNSName)
+    assert got_dns[0] == "sans.svc.mesh.internal"
+    assert set(got_dns[1:]) <= {d.rstrip(".") for d in dns}
+    assert all(re.fullmatch(r"[a-z0-9.-]+", d) for d in got_dns)
+    assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address(i) for i in ips}
+    assert len(san.get_values_for_type(x509.UniformResourceIdentifier)) == 1
