@@ -162,6 +162,16 @@ def build(args: argparse.Namespace) -> Running:
         raise DemoConfigError(f"{service} has no edge port; drop --edge-listen")
 
     running = Running()
+    try:
+        _start(args, running, peers)
+    except BaseException:
+        running.close()
+        raise
+    return running
+
+
+def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) -> None:
+    service: str = args.service
     source = X509SvidFolder(args.identity).start()
     running.stoppers.append(source.stop)
     own: SpiffeId = source.current().spiffe_id
@@ -239,7 +249,6 @@ def build(args: argparse.Namespace) -> Running:
         job.start()
 
     start(internal, args.listen, "listen")
-    return running
 
 
 def _write_ready(path: Path, args: argparse.Namespace, own: str, ports: dict[str, int]) -> None:

@@ -44,6 +44,10 @@ from mesh.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
 from mesh.svid import StaticSvid, Svid
 
 MARKER = ".meshid-demo-state"
+# What a demo leaves in its state folder (scripts/ca_demo.py, the CA-only demo, too): a folder
+# holding only these may be emptied even without the marker.
+_DEMO_ENTRIES = frozenset({MARKER, "ca", "svids", "identities", "users.json", "data", "logs",
+                           "ready", "endpoints.json", "pids.json", "pids.tmp", "summary.json"})
 OPERATOR = "operator"  # the launcher's own identity: health checks and the staged attacks
 # Started in waves: a service is started once the services it calls listen.
 WAVES: tuple[tuple[str, ...], ...] = (
@@ -100,7 +104,8 @@ def prepare_state(state: Path) -> None:
     if state.exists():
         if not state.is_dir():
             raise DemoConfigError(f"{state} exists and is not a folder")
-        if any(state.iterdir()) and not (state / MARKER).exists():
+        entries = {entry.name for entry in state.iterdir()}
+        if entries and MARKER not in entries and not entries <= _DEMO_ENTRIES:
             raise DemoConfigError(
                 f"{state} is not empty and was not made by the demo; pick another --state "
                 "folder (the demo deletes its state folder on every run)"
