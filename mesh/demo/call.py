@@ -26,25 +26,9 @@ from pathlib import Path
 import grpc
 
 from mesh.demo import client
+from mesh.demo.cli import configure_call
 from mesh.demo.stage import USERS
 from mesh.spiffeid import TrustDomain
-
-
-def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--state", type=Path, default=Path("demo-state"),
-                   help="the running demo's state folder (default: ./demo-state)")
-    p.add_argument("--user", default="alice", help="demo user (default: alice)")
-    p.add_argument("--password", help="password (default: $MESH_DEMO_PASSWORD or the demo one)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    order = actions.add_parser("order", help="place an order: SKU=QUANTITY ...")
-    order.add_argument("lines", nargs="+", metavar="SKU=QTY")
-    listing = actions.add_parser("list", help="list the user's orders (newest first)")
-    listing.add_argument("--limit", type=int, default=0)
-    actions.add_parser("token", help="log in and print the user token (to pipe into "
-                                     "'mesh token verify -')")
-    p.set_defaults(handler=run)
-    return p
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -100,10 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = configure(argparse.ArgumentParser(
+    p = configure_call(argparse.ArgumentParser(
         prog="mesh demo call", description="Log in and call the running demo's gateway."))
-    args = p.parse_args(argv)
-    return run(args)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
