@@ -1,0 +1,161 @@
+"""Token kinds and the claim rules that need nothing but the token itself (DESIGN 3).
+
+A claim set is checked here for presence and JSON type, per kind, once: the result is what the
+verified-token cache keeps. Everything that depends on the caller, the clock or the bundle is
+checked by :mod:`mesh.tokens.verify` on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple
+
+from mesh.errors import InvalidSpiffeIdError
+from mesh.spiffeid import SpiffeId
+from mesh.tokens.errors import ClaimInvalid, ClaimMissing, SubjectMismatch
+
+USER: Final = "user+jwt"
+APP: Final = "app+jwt"
+APP_ASSERTED: Final = "app-asserted+jwt"
+KINDS: Final = frozenset({USER, APP, APP_ASSERTED})
+KIND_NAMES: Final = {USER: "user token", APP: "app token", APP_ASSERTED: "app-asserted token"}
+CNF_THUMBPRINT: Final = "x5t#S256"
+_MAX_SUB_LEN = 1024
+
+
+class Claims(NamedTuple):
+    """The claims every meshid token has, typed. ``raw`` keeps the full decoded claim set.
+
+    Immutable (a NamedTuple: built once per layer on the request path, cheaper than a frozen
+    dataclass).
+    """
+
+    typ: str
+    iss: SpiffeId
+    iss_text: str
+    sub: str
+    aud: tuple[str, ...]
+    iat: int
+    exp: int
+    nbf: int | None
+    jti: str
+    cnf: str | None
+    upstream: str | None
+    raw: Mapping[str, Any]
+
+
+# SpiffeId values are immutable and parsing is a pure function: memoise the few issuers a mesh has.
+_parse_id = functools.lru_cache(maxsize=1024)(SpiffeId.parse)
+
+
+def _require(claims: Mapping[str, Any], name: str, kind: str) -> Any:
+    if name not in claims:
+        raise ClaimMissing(f"the {KIND_NAMES[kind]} has no '{name}' claim (DESIGN 3)")
+    return claims[name]
+
+
+def _int(claims: Mapping[str, Any], name: str, kind: str, *, required: bool = True) -> int | None:
+    if not required and name not in claims:
+        return None
+    value = _require(claims, name, kind)
+    # bool is an int in Python; JSON true is not a time.
+    if type(value) is not int or not 0 <= value < 2**53:
+        raise ClaimInvalid(
+            f"the {KIND_NAMES[kind]}'s '{name}' claim must be a whole number of seconds since "
+            "the epoch (RFC 7519 2, NumericDate)"
+        )
+    return value
+
+
+def _str(claims: Mapping[str, Any], name: str, kind: str) -> str:
+    value = _require(claims, name, kind)
+    if not isinstance(value, str) or not value:
+        raise ClaimInvalid(f"the {KIND_NAMES[kind]}'s '{name}' claim must be a non-empty string")
+    return value
+
+
+def parse_claims(typ: str, claims: Mapping[str, Any]) -> Claims:
+    """Check presence and type of every claim the kind ``typ`` requires (DESIGN 3).
+
+    ``typ`` must already be one of :data:`KINDS`.
+    """
+    iss_text = _str(claims, "iss", typ)
+    try:
+        iss = _parse_id(iss_text)
+    except InvalidSpiffeIdError as err:
+        raise ClaimInvalid(
+            f"the {KIND_NAMES[typ]}'s 'iss' claim is not a SPIFFE ID ({err})"
+        ) from err
+    sub = _str(claims, "sub", typ)
+    if len(sub) > _MAX_SUB_LEN:
+        raise ClaimInvalid(f"the {KIND_NAMES[typ]}'s 'sub' claim is longer than {_MAX_SUB_LEN}")
+    aud_value = _require(claims, "aud", typ)
+    aud: tuple[str, ...]
+    if isinstance(aud_value, str):
+        aud = (aud_value,)
+    elif (
+        isinstance(aud_value, list)
+        and aud_value
+        and all(isinstance(a, str) for a in aud_value)
+    ):
+        aud = tuple(aud_value)
+    else:
+        raise ClaimInvalid(
+            f"the {KIND_NAMES[typ]}'s 'aud' claim must be a SPIFFE ID or a non-empty list of them"
+        )
+    if typ != USER and len(aud) != 1:
+        raise ClaimInvalid(
+            f"the {KIND_NAMES[typ]}'s 'aud' claim must name exactly one service (DESIGN 3)"
+        )
+    iat = _int(claims, "iat", typ)
+    exp = _int(claims, "exp", typ)
+    nbf = _int(claims, "nbf", typ, required=False)
+    assert iat is not None and exp is not None  # required=True never returns None
+    if exp <= iat:
+        raise ClaimInvalid(f"the {KIND_NAMES[typ]} expires ('exp') before it was issued ('iat')")
+    jti = _str(claims, "jti", typ)
+
+    cnf: str | None = None
+    upstream: str | None = None
+    if typ in (APP, APP_ASSERTED):
+        cnf_value = _require(claims, "cnf", typ)
+        if (
+            not isinstance(cnf_value, dict)
+            or set(cnf_value) != {CNF_THUMBPRINT}
+            or not isinstance(cnf_value[CNF_THUMBPRINT], str)
+        ):
+            raise ClaimInvalid(
+                f"the {KIND_NAMES[typ]}'s 'cnf' claim must be exactly "
+                '{"x5t#S256": <certificate thumbprint>} (RFC 8705)'
+            )
+        cnf = cnf_value[CNF_THUMBPRINT]
+    if typ == APP_ASSERTED:
+        upstream_value = _require(claims, "upstream", typ)
+        if not isinstance(upstream_value, str) or not upstream_value:
+            raise ClaimInvalid(
+                "the app-asserted token's 'upstream' claim must hold the wrapped token as a string"
+            )
+        upstream = upstream_value
+    elif "upstream" in claims:
+        raise ClaimInvalid(f"a {KIND_NAMES[typ]} must not wrap an 'upstream' token (DESIGN 3)")
+    if typ == APP and sub != iss_text:
+        raise SubjectMismatch(
+            f"an app token speaks for its issuer only, but its sub {sub[:80]!r} is not its iss "
+            f"{iss} (DESIGN 3)"
+        )
+    if typ == USER:
+        _check_user_extras(claims)
+    return Claims(typ, iss, iss_text, sub, aud, iat, exp, nbf, jti, cnf, upstream, claims)
+
+
+def _check_user_extras(claims: Mapping[str, Any]) -> None:
+    if "name" in claims and not isinstance(claims["name"], str):
+        raise ClaimInvalid("the user token's 'name' claim must be a string")
+    if "scope" in claims and not isinstance(claims["scope"], str):
+        raise ClaimInvalid("the user token's 'scope' claim must be a space-separated string")
+    roles = claims.get("roles")
+    if "roles" in claims and not (
+        isinstance(roles, list) and all(isinstance(r, str) for r in roles)
+    ):
+        raise ClaimInvalid("the user token's 'roles' claim must be a list of strings")

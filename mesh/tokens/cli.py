@@ -1,0 +1,260 @@
+"""``mesh token verify`` and ``mesh token inspect``.
+
+``verify`` runs exactly the service-side verification (DESIGN 4): with ``--peer-cert`` as if
+the token came over mutual TLS from that certificate's owner (whose chain is checked against the
+bundle's anchors and the CRL), without it as an edge port would. It prints the chain as a tree
+from the user to the peer, or which rule failed at which hop. ``inspect`` decodes without
+verifying anything and says so. Neither ever prints a signature or key material.
+
+Exit codes: 0 verified (or decoded), 1 rejected (or undecodable), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography import x509
+
+from mesh.errors import InvalidSpiffeIdError, MeshError
+from mesh.spiffeid import SpiffeId
+from mesh.tokens import jose
+from mesh.tokens.bundle import FileBundleSource
+from mesh.tokens.errors import BundleError, TokenError
+from mesh.tokens.result import Hop, VerifiedChain
+from mesh.tokens.verify import ChainVerifier, VerifyLimits
+from mesh.x509util import load_pem_chain
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+_INSPECT_MAX_LAYERS = 16
+_SHOWN_HEADER = ("alg", "typ", "kid")
+BANNER = (
+    "UNVERIFIED: decoded WITHOUT checking any signature, key, certificate, audience or time.\n"
+    "UNVERIFIED: anyone can forge what follows; decide nothing on it (use 'mesh token verify')."
+)
+
+
+def register(commands: Any) -> None:
+    """Add the ``token`` group to the ``mesh`` command's subparsers."""
+    token = commands.add_parser(
+        "token", help="verify or inspect meshid tokens",
+        description="Verify or inspect meshid JWS tokens (DESIGN sections 3 and 4).",
+    )
+    sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+
+    verify = sub.add_parser(
+        "verify", help="verify a token chain as a service would",
+        description="Verify a token chain exactly as the service --audience would. With "
+        "--peer-cert, as if it arrived over mutual TLS from that certificate's owner; without, "
+        "as an edge port (user tokens only). Exit 0 verified, 1 rejected, 2 usage error.",
+    )
+    verify.add_argument("token", metavar="TOKEN", help="the token, or - to read it from stdin")
+    verify.add_argument("--bundle", required=True, type=Path, metavar="FILE",
+                        help="the trust domain's bundle.spiffe.json")
+    verify.add_argument("--audience", required=True, metavar="SPIFFE_ID",
+                        help="the SPIFFE ID of the service receiving the token")
+    verify.add_argument("--peer-cert", type=Path, metavar="PEM",
+                        help="the caller's certificate chain (leaf first); omit for an edge port")
+    verify.add_argument("--crl", type=Path, metavar="FILE", help="the CA's crl.pem")
+    verify.add_argument("--trusted-issuer", action="append", default=[], metavar="SPIFFE_ID",
+                        help="a trusted user-token issuer (repeatable; default "
+                        "spiffe://<trust domain>/svc/auth)")
+    verify.set_defaults(handler=_verify, parser=verify)
+
+    inspect = sub.add_parser(
+        "inspect", help="decode a token WITHOUT verifying it",
+        description="Decode a token and every token it wraps, WITHOUT verifying anything. "
+        "Signatures and keys are never printed. Exit 0 decoded, 1 not decodable.",
+    )
+    inspect.add_argument("token", metavar="TOKEN", help="the token, or - to read it from stdin")
+    inspect.set_defaults(handler=_inspect, parser=inspect)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _usage(args: argparse.Namespace, message: str) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _read_token(value: str) -> str:
+    text = sys.stdin.read() if value == "-" else value
+    text = text.strip()
+    if text[:7].lower() == "bearer ":
+        text = text[7:].strip()
+    return text
+
+
+def _when(ts: int, now: float) -> str:
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    delta = int(ts - now)
+    rel = f"in {_span(delta)}" if delta >= 0 else f"{_span(-delta)} ago"
+    return f"{stamp} ({rel})"
+
+
+def _span(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
+def _safe(text: object, limit: int = 120) -> str:
+    """Claim text for a terminal: control characters escaped, long values cut."""
+    s = str(text)
+    s = s if s.isprintable() else repr(s)
+    return s if len(s) <= limit else s[:limit] + f"... ({len(s)} chars)"
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    try:
+        audience = SpiffeId.parse(args.audience)
+        trusted = tuple(SpiffeId.parse(i) for i in args.trusted_issuer) or None
+    except InvalidSpiffeIdError as err:
+        return _usage(args, f"not a SPIFFE ID: {err}")
+    try:
+        bundle = FileBundleSource(args.bundle, args.crl)
+    except BundleError as err:
+        return _usage(args, str(err))
+    peer_chain: tuple[x509.Certificate, ...] = ()
+    if args.peer_cert is not None:
+        try:
+            peer_chain = tuple(load_pem_chain(args.peer_cert.read_bytes()))
+        except OSError as err:
+            return _usage(args, f"cannot read {args.peer_cert}: {err.strerror}")
+        except MeshError as err:
+            return _usage(args, f"{args.peer_cert}: {err}")
+    token = _read_token(args.token)
+    verifier = ChainVerifier(
+        audience, bundle, limits=VerifyLimits(trusted_user_issuers=trusted), cache=None
+    )
+    try:
+        result = verifier.verify(
+            token, peer_chain[0] if peer_chain else None, peer_intermediates=peer_chain[1:]
+        )
+    except TokenError as err:
+        _print_rejection(out, err, audience, peer_chain != ())
+        return EXIT_REJECTED
+    _print_chain(out, result, audience)
+    return EXIT_OK
+
+
+def _print_rejection(out: TextIO, err: TokenError, audience: SpiffeId, mtls: bool) -> None:
+    if err.hop is None:
+        where = "the peer's certificate (rule 4.1)" if err.reason.startswith("CERT_") and mtls \
+            else "the token as a whole"
+    elif err.hop == 0:
+        where = "hop 0, the outermost token" + (" (signed by the peer)" if mtls else "")
+    else:
+        where = f"hop {err.hop}, the token wrapped {err.hop} level(s) deep"
+    print(f"REJECTED at {where}: {err.reason} ({err.status})", file=out)
+    print(f"  {err}", file=out)
+    print(f"  verified as {audience}, {'over mutual TLS' if mtls else 'at an edge port'}",
+          file=out)
+
+
+def _print_chain(out: TextIO, result: VerifiedChain, audience: SpiffeId) -> None:
+    now = time.time()
+    how = f"over mutual TLS from {result.peer}" if result.peer else "at an edge port"
+    print(f"VERIFIED for {audience}, {how}", file=out)
+    if result.kind == "user" and result.peer is None:
+        print(f"  user {_safe(result.user)}, directly from the user token; expires "
+              f"{_when(result.expires_at, now)}", file=out)
+    elif result.kind == "user":
+        path = " -> ".join(str(s) for s in result.chain)
+        print(f"  user {_safe(result.user)} through {path}; chain expires "
+              f"{_when(result.expires_at, now)}", file=out)
+    else:
+        print(f"  service call by {result.peer} as itself; expires "
+              f"{_when(result.expires_at, now)}", file=out)
+    hops = list(enumerate(result.hops))
+    for depth, (index, hop) in enumerate(reversed(hops)):
+        lead = "  " + "   " * depth + "└─ "
+        print(lead + _hop_line(index, hop, now), file=out)
+
+
+def _hop_line(index: int, hop: Hop, now: float) -> str:
+    aud = ", ".join(_safe(a) for a in hop.aud)
+    return (f"hop {index} {hop.typ}: iss {hop.iss}  aud {aud}  sub {_safe(hop.sub)}  "
+            f"exp {_when(hop.exp, now)}  kid {hop.kid}")
+
+
+# --- inspect -------------------------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    token = _read_token(args.token)
+    now = time.time()
+    print(BANNER, file=out)
+    index = 0
+    current: str | None = token
+    while current is not None:
+        if index >= _INSPECT_MAX_LAYERS:
+            print(f"(more than {_INSPECT_MAX_LAYERS} layers; stopped)", file=out)
+            break
+        try:
+            part = jose.decode_unverified(current)
+        except TokenError as err:
+            print(f"hop {index}: cannot decode: {err.reason}: {err}", file=out)
+            return EXIT_REJECTED
+        print(f"hop {index}{' (outermost)' if index == 0 else ''}:", file=out)
+        print("  header: " + _header_text(part.header), file=out)
+        upstream = None
+        if part.claims is None:
+            print("  claims: (not decodable)", file=out)
+        else:
+            upstream = part.claims.get("upstream")
+            for line in _claim_lines(part.claims, now):
+                print("  " + line, file=out)
+        size = f"{part.signature_length} bytes" if part.signature_length >= 0 else "undecodable"
+        print(f"  signature: {size} (not shown, not checked)", file=out)
+        for problem in part.problems:
+            print(f"  problem: {problem}", file=out)
+        current = upstream if isinstance(upstream, str) else None
+        index += 1
+    print(BANNER.splitlines()[0], file=out)
+    return EXIT_OK
+
+
+def _header_text(header: Mapping[str, Any]) -> str:
+    items = []
+    for name, value in header.items():
+        if name in _SHOWN_HEADER:
+            items.append(f"{_safe(name, 20)}={_safe(value, 60)}")
+        else:
+            # jwk, x5c, jku, ... may carry keys or certificates: name them, never print them.
+            items.append(f"{_safe(name, 20)}=<present, not shown>")
+    return " ".join(items) if items else "(empty)"
+
+
+def _claim_lines(claims: Mapping[str, Any], now: float) -> list[str]:
+    lines = []
+    for name, value in claims.items():
+        if name == "upstream" and isinstance(value, str):
+            shown = f"<a wrapped token of {len(value)} bytes, decoded as the next hop>"
+        elif name in ("iat", "exp", "nbf") and type(value) is int:
+            shown = f"{value} = {_when(value, now)}"
+        elif isinstance(value, list):
+            shown = ", ".join(_safe(v, 80) for v in value[:8]) + (" ..." if len(value) > 8 else "")
+        elif isinstance(value, dict):
+            shown = " ".join(f"{_safe(k, 20)}={_safe(v, 60)}" for k, v in list(value.items())[:8])
+        else:
+            shown = _safe(value)
+        lines.append(f"{_safe(name, 30)}: {shown}")
+    return lines

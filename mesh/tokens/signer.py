@@ -1,0 +1,159 @@
+"""Minting meshid tokens with a service's own SVID key (DESIGN 3)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh.errors import InvalidSpiffeIdError
+from mesh.spiffeid import SpiffeId
+from mesh.tokens import jose
+from mesh.tokens.claims import APP, APP_ASSERTED, CNF_THUMBPRINT, KIND_NAMES, USER, parse_claims
+from mesh.tokens.errors import (
+    AudienceMismatch,
+    SigningError,
+    TokenExpired,
+    TypeMismatch,
+)
+from mesh.x509util import spiffe_id_of, thumbprint
+
+DEFAULT_USER_TTL = 900
+DEFAULT_APP_TTL = 60
+
+
+def _jti() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class TokenSigner:
+    """Signs user, app and app-asserted tokens as the service whose SVID is ``chain[0]``.
+
+    ``key`` must be the leaf's ECDSA P-256 private key. The signer's SPIFFE ID comes from the leaf
+    and ``kid`` is the leaf's ``x5t#S256``, so a verifier can find the key in the bundle.
+    """
+
+    def __init__(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        chain: Sequence[x509.Certificate],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not chain:
+            raise SigningError("a signer needs its certificate chain (leaf first)")
+        leaf = chain[0]
+        try:
+            self.spiffe_id: SpiffeId = spiffe_id_of(leaf)
+        except InvalidSpiffeIdError as err:
+            raise SigningError(f"the signing certificate is not an X.509-SVID: {err}") from err
+        leaf_key = leaf.public_key()
+        if (
+            not isinstance(key, ec.EllipticCurvePrivateKey)
+            or not isinstance(leaf_key, ec.EllipticCurvePublicKey)
+            or key.public_key() != leaf_key
+        ):
+            raise SigningError(
+                f"the private key does not belong to the certificate of {self.spiffe_id}"
+            )
+        self.kid = thumbprint(leaf)
+        self._key = jose.SignKey(key, self.kid)
+        self._clock = clock
+
+    def _base(self, sub: str, aud: str | list[str], ttl: int) -> dict[str, Any]:
+        if type(ttl) is not int or ttl <= 0:
+            raise SigningError("ttl must be a positive whole number of seconds")
+        now = int(self._clock())
+        return {
+            "iss": str(self.spiffe_id),
+            "sub": sub,
+            "aud": aud,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": _jti(),
+        }
+
+    def user_token(
+        self,
+        sub: str,
+        aud: Sequence[str | SpiffeId],
+        *,
+        name: str | None = None,
+        scope: str | Sequence[str] | None = None,
+        roles: Sequence[str] | None = None,
+        ttl: int = DEFAULT_USER_TTL,
+    ) -> str:
+        """A ``user+jwt`` for end user ``sub``, for the edge service(s) ``aud``."""
+        if not isinstance(sub, str) or not sub:
+            raise SigningError("a user token needs the user's id as a non-empty string")
+        if isinstance(aud, str | SpiffeId):
+            aud = [aud]
+        audiences = [str(_as_id(a)) for a in aud]
+        if not audiences:
+            raise SigningError("a user token needs at least one audience")
+        claims = self._base(sub, audiences, ttl)
+        if name is not None:
+            claims["name"] = _text(name, "name")
+        if scope is not None:
+            claims["scope"] = scope if isinstance(scope, str) else " ".join(
+                _text(s, "scope") for s in scope
+            )
+        if roles is not None:
+            if isinstance(roles, str):
+                raise SigningError("roles must be a list of strings, not one string")
+            claims["roles"] = [_text(r, "role") for r in roles]
+        return self._key.sign(claims, USER)
+
+    def app_token(self, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL) -> str:
+        """An ``app+jwt``: this service calling ``aud`` as itself."""
+        claims = self._base(str(self.spiffe_id), str(_as_id(aud)), ttl)
+        claims["cnf"] = {CNF_THUMBPRINT: self.kid}
+        return self._key.sign(claims, APP)
+
+    def app_asserted_token(
+        self, upstream: str, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL
+    ) -> str:
+        """An ``app-asserted+jwt`` wrapping ``upstream`` (the token this service received).
+
+        Reads the upstream's ``sub`` and ``exp`` WITHOUT verifying it (the caller did that on
+        receipt) and never lets the new token outlive it. Raises early, with the verifier's
+        error types, if the upstream is not a token this service may wrap.
+        """
+        parsed = jose.parse(upstream)
+        if parsed.typ not in (USER, APP_ASSERTED):
+            kind = KIND_NAMES.get(parsed.typ, repr(parsed.typ[:40]))
+            raise TypeMismatch(
+                f"only a user token or an app-asserted token can be wrapped, not a {kind}"
+            )
+        up = parse_claims(parsed.typ, parsed.claims)
+        if str(self.spiffe_id) not in up.aud:
+            raise AudienceMismatch(
+                f"the upstream token is not addressed to this service {self.spiffe_id}; "
+                "wrapping it would be rejected downstream (DESIGN 4.5)"
+            )
+        claims = self._base(up.sub, str(_as_id(aud)), ttl)
+        if up.exp <= claims["iat"]:
+            raise TokenExpired("the upstream token has expired; it cannot be wrapped")
+        claims["exp"] = min(claims["exp"], up.exp)
+        claims["cnf"] = {CNF_THUMBPRINT: self.kid}
+        claims["upstream"] = upstream
+        return self._key.sign(claims, APP_ASSERTED)
+
+
+def _as_id(value: SpiffeId | str) -> SpiffeId:
+    if isinstance(value, SpiffeId):
+        return value
+    try:
+        return SpiffeId.parse(value)
+    except InvalidSpiffeIdError as err:
+        raise SigningError(f"audience {value!r} is not a SPIFFE ID: {err}") from err
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise SigningError(f"{what} must be a string")
+    return value

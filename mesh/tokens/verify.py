@@ -1,0 +1,548 @@
+"""The chain verifier: DESIGN section 4, rule by rule, at the called service.
+
+:meth:`ChainVerifier.verify` takes the inbound token and the peer's certificate (from mutual TLS;
+``None`` at an edge port) and either returns an immutable :class:`VerifiedChain` or raises the
+:class:`~mesh.tokens.errors.TokenError` subclass of the first rule that failed, with ``hop`` set
+(0 = the outermost token, the one the peer signed).
+
+The work is split in two passes so that cheap checks come before any signature: pass A splits
+and decodes every layer (size, depth, header, kinds, claim shapes: rules 2 and 3), pass B checks
+keys, signatures and how the layers relate (rules 4 and 5). The verified-token cache (see
+:mod:`mesh.tokens.cache`) only skips pass A's decoding and pass B's signature check for exact
+token bytes that verified before; every relational, time, key and revocation check runs on
+every call.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh.spiffeid import SpiffeId
+from mesh.tokens import jose
+from mesh.tokens.bundle import BundleKey, BundleSource
+from mesh.tokens.cache import VerifiedToken, VerifiedTokenCache, token_digest
+from mesh.tokens.claims import (
+    APP,
+    APP_ASSERTED,
+    KIND_NAMES,
+    KINDS,
+    USER,
+    Claims,
+    parse_claims,
+)
+from mesh.tokens.errors import (
+    AudienceMismatch,
+    CertificateRevoked,
+    CertificateUntrusted,
+    ChainBroken,
+    ConfirmationMismatch,
+    ExpiryExtended,
+    IssuerMismatch,
+    IssuerUntrusted,
+    KeyUnknown,
+    PeerMismatch,
+    SubjectMismatch,
+    TokenError,
+    TokenExpired,
+    TokenMalformed,
+    TokenNotYetValid,
+    TokenTooDeep,
+    TokenTooLarge,
+    TypeMismatch,
+)
+from mesh.tokens.result import Hop, VerifiedChain
+from mesh.x509util import thumbprint
+
+__all__ = ["ChainVerifier", "Hop", "VerifiedChain", "VerifyLimits"]
+
+DEFAULT_MAX_SIZE = 8 * 1024
+DEFAULT_MAX_DEPTH = 4
+DEFAULT_LEEWAY = 30
+AUTH_SERVICE = "auth"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyLimits:
+    """Limits of DESIGN 4.2 and 4.4/4.5; the defaults are the DESIGN's.
+
+    ``max_depth`` counts wraps: a user token alone is depth 0, four app-asserted layers around
+    it are depth 4 (five signatures). ``trusted_user_issuers`` None means
+    ``spiffe://<trust domain>/svc/auth``.
+    """
+
+    max_size: int = DEFAULT_MAX_SIZE
+    max_depth: int = DEFAULT_MAX_DEPTH
+    leeway: int = DEFAULT_LEEWAY
+    trusted_user_issuers: tuple[SpiffeId, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1 or self.max_depth < 0 or self.leeway < 0:
+            raise ValueError("limits must be positive (max_depth and leeway may be 0)")
+
+
+class _Default(enum.Enum):
+    CACHE = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    spiffe_id: SpiffeId
+    spiffe_text: str
+    thumbprint: str
+    key: jose.VerifyKey
+    not_before: int
+    not_after: int
+    generation: int
+
+
+@dataclass(slots=True)
+class _Layer:
+    hop: int
+    digest: bytes | None  # None when there is no cache to key
+    entry: VerifiedToken
+    kid: str
+    claims: Claims
+    parsed: jose.ParsedJws | None  # None when the cache vouched for the signature
+
+
+_PEER_CACHE_MAX = 1024
+
+
+class ChainVerifier:
+    """Verifies inbound token chains for the service ``own_id`` (DESIGN 4)."""
+
+    def __init__(
+        self,
+        own_id: SpiffeId,
+        bundle: BundleSource,
+        *,
+        limits: VerifyLimits = VerifyLimits(),
+        cache: VerifiedTokenCache | _Default | None = _Default.CACHE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.own_id = own_id
+        self._own = str(own_id)
+        self.bundle = bundle
+        self.limits = limits
+        self._clock = clock
+        self.cache: VerifiedTokenCache | None = (
+            VerifiedTokenCache(clock=clock) if cache is _Default.CACHE else cache
+        )
+        issuers = limits.trusted_user_issuers
+        if issuers is None:
+            issuers = (bundle.trust_domain.service(AUTH_SERVICE),)
+        self.trusted_user_issuers: frozenset[SpiffeId] = frozenset(issuers)
+        # Compared as text on the request path: hashing a SpiffeId dataclass costs ~3 us.
+        self._trusted_texts = frozenset(str(i) for i in issuers)
+        self._peers: dict[x509.Certificate, _Peer] = {}
+        self._peers_lock = threading.Lock()
+        # kid -> (bundle generation, key, its SPIFFE ID as text) for keys found and not revoked
+        # in that generation: keys and revocations only change with the generation, so this
+        # memo is exact.
+        self._keys: dict[str, tuple[int, BundleKey, str]] = {}
+
+    # --- rule 1 --------------------------------------------------------------------------------
+
+    def check_peer(
+        self, peer_cert: x509.Certificate, intermediates: Sequence[x509.Certificate] = ()
+    ) -> SpiffeId:
+        """Rule 4.1 alone: the peer's certificate chains to the bundle, is valid and not revoked."""
+        return self._peer(peer_cert, intermediates, int(self._clock())).spiffe_id
+
+    def _peer(
+        self, cert: x509.Certificate, intermediates: Sequence[x509.Certificate], now: int
+    ) -> _Peer:
+        generation = self.bundle.generation
+        peer = self._peers.get(cert)
+        if peer is None or peer.generation != generation:
+            # Chain building is costly; a peer's certificate is re-checked only when the bundle
+            # or CRL changes (new generation), its validity window on every call.
+            spiffe_id = self.bundle.verify_chain([cert, *intermediates])
+            public_key = cert.public_key()
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                raise CertificateUntrusted(
+                    f"the peer {spiffe_id} has no ECDSA key, so it cannot sign ES256 tokens"
+                )
+            peer = _Peer(
+                spiffe_id=spiffe_id,
+                spiffe_text=str(spiffe_id),
+                thumbprint=thumbprint(cert),
+                key=jose.VerifyKey(public_key),
+                not_before=int(cert.not_valid_before_utc.timestamp()),
+                not_after=int(cert.not_valid_after_utc.timestamp()),
+                generation=generation,
+            )
+            with self._peers_lock:
+                if len(self._peers) >= _PEER_CACHE_MAX:
+                    self._peers.clear()
+                self._peers[cert] = peer
+        if not peer.not_before <= now < peer.not_after:
+            raise CertificateUntrusted(
+                f"the peer {peer.spiffe_id}'s certificate is not valid now (DESIGN 4.1)"
+            )
+        return peer
+
+    # --- rules 2 to 5 --------------------------------------------------------------------------
+
+    def verify(
+        self,
+        token: str,
+        peer_cert: x509.Certificate | None,
+        *,
+        peer_intermediates: Sequence[x509.Certificate] = (),
+    ) -> VerifiedChain:
+        """Verify ``token`` as received from ``peer_cert`` (None: at an edge port).
+
+        ``peer_intermediates``: the peer's intermediate certificates, if the bundle does not
+        already know them. Raises the :class:`TokenError` of the first rule that fails.
+        """
+        now = int(self._clock())
+        generation = self.bundle.generation
+        # rule 1
+        peer = self._peer(peer_cert, peer_intermediates, now) if peer_cert is not None else None
+        # rule 2 (size); depth is counted while decoding
+        if not isinstance(token, str) or not token.isascii():
+            raise TokenMalformed("a token must be ASCII text (a JWS compact serialisation)")
+        if len(token) > self.limits.max_size:
+            raise TokenTooLarge(
+                f"the token is {len(token)} bytes, over the limit of {self.limits.max_size} "
+                "(DESIGN 4.2); the chain is too long or the token is not meshid's"
+            )
+        # rules 2 (depth) and 3, no cryptography yet
+        layers = self._decode(token, edge=peer is None)
+        # rule 4 (or the edge port's rule), then rule 5 hop by hop
+        if peer is None:
+            self._check_edge(layers[0], now, generation)
+        else:
+            self._check_outermost(layers[0], peer, now)
+        for i in range(1, len(layers)):
+            self._check_wrapped(layers[i], layers[i - 1], now, generation)
+        if self.cache is not None:
+            self._remember(layers)
+        return self._result(token, layers, peer)
+
+    def _remember(self, layers: list[_Layer]) -> None:
+        assert self.cache is not None
+        below: VerifiedToken | None = None
+        for layer in reversed(layers):
+            entry = layer.entry
+            if layer.parsed is not None:
+                if below is not None:
+                    entry = entry._replace(upstream_entry=below)
+                if layer.digest is not None:
+                    self.cache.put(layer.digest, entry)
+            below = entry
+
+    def _decode(self, token: str, *, edge: bool) -> list[_Layer]:
+        layers: list[_Layer] = []
+        current = token
+        digest = token_digest(token) if self.cache is not None else None
+        linked: VerifiedToken | None = None
+        hop = 0
+        while True:
+            if linked is not None:
+                layer = _Layer(hop, digest, linked, linked.kid, linked.claims, None)
+            else:
+                layer = self._decode_one(current, digest, hop)
+            linked = layer.entry.upstream_entry
+            layers.append(layer)
+            typ = layer.claims.typ
+            if hop == 0 and edge and typ != USER:
+                raise TypeMismatch(
+                    f"an edge port accepts only user tokens, but a {KIND_NAMES[typ]} from "
+                    f"{layer.claims.iss} arrived; services must call over mutual TLS "
+                    "(DESIGN 4, edge port)",
+                    hop=0,
+                )
+            if hop == 0 and not edge and typ == USER:
+                raise TypeMismatch(
+                    "a user token arrived as the outermost token over mutual TLS; the calling "
+                    "service must wrap it in an app-asserted token bound to its certificate "
+                    "(DESIGN 3, 4.4)",
+                    hop=0,
+                )
+            if hop > 0 and typ == APP:
+                raise TypeMismatch(
+                    f"the token at hop {hop} is an app token from {layer.claims.iss}, which "
+                    "cannot be wrapped: an upstream must be a user token or an app-asserted "
+                    "token (DESIGN 4.5)",
+                    hop=hop,
+                )
+            upstream = layer.claims.upstream
+            if upstream is None:
+                return layers
+            if hop >= self.limits.max_depth:
+                raise TokenTooDeep(
+                    f"the token nests more than {self.limits.max_depth} wrapped tokens "
+                    "(DESIGN 4.2)",
+                    hop=hop,
+                )
+            current = upstream
+            digest = layer.entry.upstream_digest
+            hop += 1
+
+    def _decode_one(self, token: str, digest: bytes | None, hop: int) -> _Layer:
+        if digest is not None and self.cache is not None:
+            cached = self.cache.get(digest)
+            if cached is not None:
+                return _Layer(hop, digest, cached, cached.kid, cached.claims, None)
+        try:
+            parsed = jose.parse(token)
+            if parsed.typ not in KINDS:
+                raise TypeMismatch(
+                    f"the token type {parsed.typ[:40]!r} is not one of meshid's "
+                    f"({', '.join(sorted(KINDS))}) (DESIGN 3)"
+                )
+            claims = parse_claims(parsed.typ, parsed.claims)
+        except TokenError as err:
+            raise err.at_hop(hop) from err.__cause__
+        upstream = claims.upstream
+        entry = VerifiedToken(
+            kid=parsed.kid,
+            claims=claims,
+            hop=Hop(claims.typ, claims.iss, claims.sub, claims.aud, claims.iat, claims.exp,
+                    parsed.kid),
+            upstream_digest=(
+                token_digest(upstream)
+                if upstream is not None and self.cache is not None
+                else None
+            ),
+            user_claims=_freeze(claims.raw) if claims.typ == USER else None,
+        )
+        return _Layer(hop, digest, entry, parsed.kid, claims, parsed)
+
+    # rule 4: the outermost token is the peer's own
+    def _check_outermost(self, layer: _Layer, peer: _Peer, now: int) -> None:
+        c = layer.claims
+        if layer.kid != peer.thumbprint:
+            raise PeerMismatch(
+                f"the outermost token was not signed with the certificate key of the peer "
+                f"{peer.spiffe_id} (its kid names another certificate) (DESIGN 4.4)",
+                hop=0,
+            )
+        if layer.parsed is not None:
+            self._verify_sig(peer.key, layer)
+        if c.iss_text != peer.spiffe_text:
+            raise PeerMismatch(
+                f"the outermost token's issuer {c.iss} is not the peer {peer.spiffe_id} "
+                "(DESIGN 4.4)",
+                hop=0,
+            )
+        if c.aud[0] != self._own:
+            raise AudienceMismatch(
+                f"token audience {_short(c.aud[0])} is not this service {self.own_id} "
+                f"(DESIGN 4.4); {c.iss} addressed it to another service",
+                hop=0,
+            )
+        if c.cnf != peer.thumbprint:
+            raise ConfirmationMismatch(
+                f"the outermost token from {c.iss} is bound (cnf.x5t#S256) to another "
+                f"certificate than the one the peer {peer.spiffe_id} presented (DESIGN 4.4)",
+                hop=0,
+            )
+        self._check_time(layer, now)
+
+    # the edge port: a user token only, from a trusted issuer, for us
+    def _check_edge(self, layer: _Layer, now: int, generation: int) -> None:
+        self._check_signed_by_bundle_key(layer, now, generation)
+        c = layer.claims
+        if self._own not in c.aud:
+            raise AudienceMismatch(
+                f"token audience {_aud_text(c.aud)} does not include this service "
+                f"{self.own_id} (DESIGN 4, edge port)",
+                hop=0,
+            )
+        self._check_user_issuer(layer)
+        self._check_time(layer, now)
+
+    # rule 5: each wrapped token
+    def _check_wrapped(self, layer: _Layer, wrapper: _Layer, now: int, generation: int) -> None:
+        hop = layer.hop
+        self._check_signed_by_bundle_key(layer, now, generation)
+        c, w = layer.claims, wrapper.claims
+        if w.iss_text not in c.aud:
+            raise ChainBroken(
+                f"the token at hop {hop} ({KIND_NAMES[c.typ]} from {c.iss}) is addressed to "
+                f"{_aud_text(c.aud)}, not to {w.iss} which wrapped it: the chain was spliced "
+                "from different requests (DESIGN 4.5)",
+                hop=hop,
+            )
+        if c.sub != w.sub:
+            raise SubjectMismatch(
+                f"the token at hop {hop - 1} from {w.iss} names the user {_short(w.sub)} but the "
+                f"token it wraps names {_short(c.sub)}: the user must not change along a chain "
+                "(DESIGN 4.5)",
+                hop=hop - 1,
+            )
+        if c.exp < w.exp:
+            raise ExpiryExtended(
+                f"the token at hop {hop - 1} from {w.iss} expires at {w.exp}, after the token "
+                f"it wraps (hop {hop}, expires {c.exp}): a wrapper must never outlive its "
+                "upstream (DESIGN 3, 4.5)",
+                hop=hop - 1,
+            )
+        if c.cnf is not None and c.cnf != layer.kid:
+            # The wrapping service signs with its own SVID key, so cnf must name that key's
+            # certificate; anything else is a token bound to someone who did not sign it.
+            raise ConfirmationMismatch(
+                f"the token at hop {hop} from {c.iss} is bound (cnf.x5t#S256) to another "
+                "certificate than the one that signed it (DESIGN 3, RFC 8705)",
+                hop=hop,
+            )
+        if c.typ == USER:
+            self._check_user_issuer(layer)
+        self._check_time(layer, now)
+
+    def _bundle_key(self, layer: _Layer, generation: int) -> tuple[BundleKey, str]:
+        kid = layer.kid
+        memo = self._keys.get(kid)
+        if memo is not None and memo[0] == generation:
+            return memo[1], memo[2]
+        key = self.bundle.key_for(kid)
+        if key is None:
+            why = ""
+            reason_of = getattr(self.bundle, "rejection_reason", None)
+            if callable(reason_of) and (reason := reason_of(kid)):
+                why = f" (the bundle has an entry for it that was rejected: {reason})"
+            raise KeyUnknown(
+                f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} names a signing key "
+                f"that is not in the trust bundle of {self.bundle.trust_domain}{why}; it was "
+                "not signed by a current member of this trust domain (DESIGN 4.5)",
+                hop=layer.hop,
+            )
+        if self.bundle.is_revoked(key.certificate):
+            raise CertificateRevoked(
+                f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} was signed with the key "
+                f"of {key.spiffe_id}, whose certificate (serial "
+                f"{key.certificate.serial_number:x}) is revoked (DESIGN 4.5)",
+                hop=layer.hop,
+            )
+        if len(self._keys) >= _KEY_MEMO_MAX:
+            self._keys.clear()
+        # A key_for() that reloaded the bundle moved the generation on: memo under the new one.
+        key_id = str(key.spiffe_id)
+        self._keys[kid] = (self.bundle.generation, key, key_id)
+        return key, key_id
+
+    def _check_signed_by_bundle_key(self, layer: _Layer, now: int, generation: int) -> None:
+        hop, c = layer.hop, layer.claims
+        key, key_id = self._bundle_key(layer, generation)
+        if not key.not_before <= now < key.not_after:
+            raise CertificateUntrusted(
+                f"the {KIND_NAMES[c.typ]} at hop {hop} was signed with the key of "
+                f"{key.spiffe_id}, whose certificate is not valid now (DESIGN 4.5)",
+                hop=hop,
+            )
+        if layer.parsed is not None:
+            self._verify_sig(key.verify_key, layer)
+        if c.iss_text != key_id:
+            raise IssuerMismatch(
+                f"the {KIND_NAMES[c.typ]} at hop {hop} claims issuer {c.iss} but was signed by "
+                f"the key of {key.spiffe_id} (DESIGN 4.5)",
+                hop=hop,
+            )
+
+    @staticmethod
+    def _verify_sig(key: jose.VerifyKey, layer: _Layer) -> None:
+        assert layer.parsed is not None
+        try:
+            key.verify(layer.parsed)
+        except TokenError as err:
+            raise err.at_hop(layer.hop) from err.__cause__
+
+    def _check_user_issuer(self, layer: _Layer) -> None:
+        iss = layer.claims.iss
+        if layer.claims.iss_text not in self._trusted_texts:
+            trusted = ", ".join(sorted(str(i) for i in self.trusted_user_issuers))
+            raise IssuerUntrusted(
+                f"the user token at hop {layer.hop} was issued by {iss}, which is not a trusted "
+                f"user-token issuer ({trusted}) (DESIGN 4.5)",
+                hop=layer.hop,
+            )
+
+    def _check_time(self, layer: _Layer, now: int) -> None:
+        c, leeway = layer.claims, self.limits.leeway
+        if now < c.exp + leeway and c.iat <= now + leeway and (
+            c.nbf is None or c.nbf <= now + leeway
+        ):
+            return
+        hop = layer.hop
+        what = f"the {KIND_NAMES[c.typ]} at hop {hop} from {c.iss}"
+        if now >= c.exp + leeway:
+            raise TokenExpired(
+                f"{what} expired {now - c.exp} s ago (allowed clock skew {leeway} s) (DESIGN 4.4)",
+                hop=hop,
+            )
+        if c.iat > now + leeway:
+            raise TokenNotYetValid(
+                f"{what} was issued {c.iat - now} s in the future (allowed clock skew "
+                f"{leeway} s); check the issuer's clock (DESIGN 4.4)",
+                hop=hop,
+            )
+        raise TokenNotYetValid(
+            f"{what} is not valid for another {(c.nbf or 0) - now} s (nbf) (DESIGN 4.4)", hop=hop
+        )
+
+    def _result(self, token: str, layers: list[_Layer], peer: _Peer | None) -> VerifiedChain:
+        outer = layers[0].claims
+        hops = tuple(layer.entry.hop for layer in layers)
+        expires_at = min(hop.exp for hop in hops)
+        if outer.typ == APP:
+            assert peer is not None
+            return VerifiedChain(
+                peer=peer.spiffe_id, kind="service", user=None,
+                user_claims=_EMPTY, chain=(peer.spiffe_id,),
+                expires_at=expires_at, token=token, hops=hops,
+            )
+        user = layers[-1].entry
+        assert user.claims.typ == USER and user.user_claims is not None
+        assert outer.typ == APP_ASSERTED or peer is None
+        return VerifiedChain(
+            peer=peer.spiffe_id if peer is not None else None,
+            kind="user",
+            user=user.claims.sub,
+            user_claims=user.user_claims,
+            chain=tuple(hop.iss for hop in reversed(hops[:-1])),
+            expires_at=expires_at,
+            token=token,
+            hops=hops,
+        )
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_KEY_MEMO_MAX = 4096
+
+
+def _frozen(v: Any) -> Any:
+    if isinstance(v, dict):
+        return _freeze(v)
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    return v
+
+
+def _freeze(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only deep copy of JSON claims (objects become mappings, arrays tuples)."""
+    return MappingProxyType(
+        {k: _frozen(v) if type(v) in (dict, list) else v for k, v in value.items()}
+    )
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """Claim text fit for a message: truncated, and quoted if it could forge a log line."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return cut if cut.isprintable() and cut.strip() == cut and cut else repr(cut)
+
+
+def _aud_text(aud: tuple[str, ...]) -> str:
+    shown = ", ".join(_short(a) for a in aud[:4])
+    return shown + (f" and {len(aud) - 4} more" if len(aud) > 4 else "")
