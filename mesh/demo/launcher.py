@@ -59,8 +59,8 @@ def set_up(stage: Stage, out: Out, report: Report) -> None:
     out.line("demo users (users.json holds scrypt hashes only): "
              + ", ".join(f"{u.username} / {u.password} (scope {' '.join(u.scope)})"
                          for u in USERS), 2)
-    report.add("0 CA and SVIDs", "mesh-ca init, ca-issue",
-               f"{len(names)} X.509-SVIDs in {_rel(stage.ids)}", True)
+    out.result(report.add("0 CA and SVIDs", "mesh-ca init, ca-issue",
+                          f"{len(names)} X.509-SVIDs in {_rel(stage.ids)}", True))
     stage.start_all()
     out.line("services, each its own process, each health-checked over mutual TLS:", 2)
     for name in SERVICES:

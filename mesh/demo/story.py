@@ -320,6 +320,8 @@ class Story:
         # e) A client with no certificate at all dials orders' mutual-TLS port.
         with self.guarded("no client certificate", "handshake refused"):
             out.line("e) a client without a certificate calls orders with alice's token", 2)
+            out.line("orders requires a client certificate: the TLS handshake fails before any "
+                     "token is read (gRPC reports it to the client as UNAVAILABLE)", 5)
             creds = grpc.ssl_channel_credentials(root_certificates=stage.roots_pem())
             options = [("grpc.ssl_target_name_override", td.service_dns_name("orders"))]
             with grpc.secure_channel(stage.endpoints["orders"].listen, creds,
