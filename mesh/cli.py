@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from mesh.demo import cli as demo_cli
 from mesh.tokens import cli as token_cli
 
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     token_cli.register(commands)
+    demo_cli.register(commands)
     return parser
 
 

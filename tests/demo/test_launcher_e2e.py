@@ -142,7 +142,8 @@ def test_keep_running_then_call_by_hand_then_ctrl_c(tmp_path: Path) -> None:
         assert "== The mesh is up" in "".join(lines)
 
         def call(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "mesh.demo.call", "--state",
+            # `mesh demo call`, through the mesh command's own entry point
+            return subprocess.run([sys.executable, "-m", "mesh.cli", "demo", "call", "--state",
                                    str(state), *args], capture_output=True, text=True,
                                   timeout=60, check=False)
 
