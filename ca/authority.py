@@ -597,7 +597,7 @@ class CertificateAuthority:
         reg = self._registry
         sequence = reg.bump("spiffe_sequence")
         number = reg.bump("crl_number")
-        active = reg.active(int(now.timestamp()))
+        active = reg.bundle_keys(int(now.timestamp()))
         staged.add(
             self.ca_dir / BUNDLE_JSON,
             render_bundle(self.roots, self.intermediates, active, sequence=sequence),

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.registry import CertRecord
+from ca.registry import BundleKeyRow
 from mesh.x509util import b64url
 
 REFRESH_HINT_SECONDS = 300
@@ -44,7 +44,7 @@ def _ec_jwk(x: str, y: str) -> dict[str, Any]:
 def render_bundle(
     roots: Sequence[x509.Certificate],
     intermediates: Sequence[x509.Certificate],
-    active: Sequence[CertRecord],
+    active: Sequence[BundleKeyRow],
     *,
     sequence: int,
     refresh_hint: int = REFRESH_HINT_SECONDS,
