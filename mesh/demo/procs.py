@@ -128,26 +128,29 @@ class Supervisor:
             child = self._children.get(name)
         if child is None:
             return None
-        code = _stop_group(child.popen, timeout)
-        with self._lock:
-            self._write_pids()
-        return code
+        self._finish([child], timeout)
+        return child.popen.returncode
 
     def stop_all(self, *, timeout: float = 5.0) -> None:
+        self._finish(self.children(), timeout)
+
+    def _finish(self, children: Sequence[Child], timeout: float) -> None:
         # Signal everyone first, then wait, so shutdown costs one timeout, not one per child.
-        children = self.children()
-        for child in children:
-            _signal_group(child.popen, signal.SIGTERM)
+        # A group is signalled only while its leader is alive and not yet collected: once a
+        # pid is collected the kernel may hand the number to an unrelated process.
+        live = [c for c in children if c.popen.poll() is None]
+        for child in live:
+            _killpg(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in children:
-            remaining = max(0.0, deadline - time.monotonic())
+        for child in live:
             try:
-                child.popen.wait(remaining)
+                child.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(child.popen, signal.SIGKILL)
+                _killpg(child.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.popen.wait(5)
-            _reap_group(child.popen.pid)
+            # Just collected by us: sweep what the leader may have left in its group.
+            _killpg(child.pid, signal.SIGKILL)
         with self._lock:
             self._write_pids()
 
@@ -164,29 +167,9 @@ class Supervisor:
         os.replace(tmp, self.pid_file)
 
 
-def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
-    if popen.poll() is not None:
-        # The leader is gone; its group may still hold children it started.
-        _reap_group(popen.pid, sig)
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, sig)
-
-
-def _reap_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _stop_group(popen: subprocess.Popen[bytes], timeout: float) -> int | None:
-    _signal_group(popen, signal.SIGTERM)
-    try:
-        code = popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(popen, signal.SIGKILL)
-        code = popen.wait(5)
-    _reap_group(popen.pid)
-    return code
 
 
 def wait_for_file(path: Path, child: Child, *, timeout: float) -> dict[str, Any]:
