@@ -255,7 +255,7 @@ class Story:
             self.check("attacks", "run with alice's token", "no token: step 1 failed", False)
             return
         inventory_addr = stage.endpoints["inventory"].listen
-        reserve = inventory_pb2.ReserveRequest(order_ref="attack", sku="grinder", quantity=1)
+        reserve = inventory_pb2.ReserveRequest(order_ref="attack", sku="mug", quantity=1)
 
         def reserve_as(peer: str, bearer: str) -> inventory_pb2.Reservation:
             with stage.mtls_channel(inventory_addr, "inventory", peer) as ch:

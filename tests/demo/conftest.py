@@ -1,0 +1,110 @@
+"""An in-process demo mesh for servicer tests: real MeshServers on 127.0.0.1:0 with SVIDs from
+our CA, the shipped policy files, and real tokens. (The launcher tests run real processes.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from mesh.channel import mesh_channel
+from mesh.credentials import channel_credentials
+from mesh.demo import catalog
+from mesh.demo.inventory_logic import Inventory
+from mesh.demo.orders_store import OrdersStore
+from mesh.demo.payments_logic import Payments
+from mesh.demo.services import gateway as gateway_svc
+from mesh.demo.services import inventory as inventory_svc
+from mesh.demo.services import load_service_policy
+from mesh.demo.services import orders as orders_svc
+from mesh.demo.services import payments as payments_svc
+from mesh.demo.v1 import inventory_pb2_grpc, orders_pb2_grpc, payments_pb2_grpc
+from mesh.server import MeshServer
+from mesh.spiffeid import TrustDomain
+from mesh.svid import StaticSvid
+from mesh.tokens.bundle import FileBundleSource
+from mesh.tokens.signer import TokenSigner
+
+NAMES = ("auth", "gateway", "orders", "inventory", "payments", "reporting")
+
+
+@dataclass
+class InProcessMesh:
+    td: TrustDomain
+    roots_pem: bytes
+    sources: dict[str, StaticSvid]
+    inventory: Inventory
+    payments: Payments
+    store: OrdersStore
+    ports: dict[str, int] = field(default_factory=dict)
+    closers: list[Any] = field(default_factory=list)
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def signer(self, name: str) -> TokenSigner:
+        svid = self.sources[name].current()
+        return TokenSigner(svid.private_key, svid.chain)
+
+    def user_token(self, sub: str, scope: str) -> str:
+        return self.signer("auth").user_token(sub, [self.td.service("gateway")], scope=scope)
+
+    def raw_channel(self, callee: str, as_service: str) -> grpc.Channel:
+        """Mutual TLS as ``as_service`` with no token interceptor (tokens passed by hand)."""
+        return grpc.secure_channel(
+            self.address(callee), channel_credentials(self.sources[as_service].current()),
+            options=[("grpc.ssl_target_name_override", self.td.service_dns_name(callee))])
+
+
+@pytest.fixture
+def inproc_mesh(mesh_ca, tmp_path: Path) -> Iterator[InProcessMesh]:  # type: ignore[no-untyped-def]
+    issued = mesh_ca.issue_many(list(NAMES))
+    roots = mesh_ca.roots
+    sources = {s.name: StaticSvid(s.chain, s.private_key, roots) for s in issued}
+    td = mesh_ca.trust_domain
+    mesh = InProcessMesh(
+        td=td, roots_pem=mesh_ca.roots_path.read_bytes(), sources=sources,
+        inventory=Inventory(catalog.opening_stock()), payments=Payments(),
+        store=OrdersStore(tmp_path / "orders.sqlite"))
+
+    def server(name: str, *, edge: bool = False) -> MeshServer:
+        bundle = FileBundleSource(mesh_ca.bundle_path, mesh_ca.crl_path)
+        return MeshServer(sources[name], load_service_policy(name, td), bundle, edge=edge,
+                          max_workers=4)
+
+    def start(name: str, srv: MeshServer) -> None:
+        mesh.ports[name] = srv.add_port("127.0.0.1:0")
+        srv.start()
+        mesh.closers.append(lambda: srv.stop(None).wait())
+
+    def channel(callee: str, caller: str) -> grpc.Channel:
+        ch = mesh_channel(mesh.address(callee), callee, sources[caller], require_user=True)
+        mesh.closers.append(ch.close)
+        return ch
+
+    inv = server("inventory")
+    inventory_svc.register(inv, inventory_svc.make_servicer(td.service("inventory"),
+                                                            mesh.inventory))
+    start("inventory", inv)
+    pay = server("payments")
+    payments_svc.register(pay, payments_svc.make_servicer(td.service("payments"), mesh.payments))
+    start("payments", pay)
+    orders = server("orders")
+    orders_svc.register(orders, orders_svc.make_servicer(
+        td.service("orders"), mesh.store,
+        inventory_pb2_grpc.InventoryServiceStub(channel("inventory", "orders")),  # type: ignore[no-untyped-call]
+        payments_pb2_grpc.PaymentsServiceStub(channel("payments", "orders"))))  # type: ignore[no-untyped-call]
+    start("orders", orders)
+    gateway = server("gateway", edge=True)
+    gateway_svc.register(gateway, gateway_svc.make_servicer(
+        td.service("gateway"),
+        orders_pb2_grpc.OrdersServiceStub(channel("orders", "gateway"))))  # type: ignore[no-untyped-call]
+    start("gateway", gateway)
+    yield mesh
+    for close in reversed(mesh.closers):
+        close()
+    mesh.store.close()
