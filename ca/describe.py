@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ca.lint import Finding, lint, role_of
+from ca.lint import Finding, extensions_readable, lint, role_of
 from ca.parsing import format_duration
 from mesh.x509util import thumbprint
 
@@ -22,24 +26,57 @@ _EKU_NAMES = {
 }
 
 
+def serial_of(cert: x509.Certificate) -> int:
+    """The serial, without cryptography's warning about non-positive ones (lint names them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return cert.serial_number
+
+
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Certificates from PEM (any number) or a single DER certificate; [] if neither."""
-    if b"-----BEGIN" in data:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        if b"-----BEGIN" in data:
+            try:
+                return x509.load_pem_x509_certificates(data)
+            except (ValueError, x509.InvalidVersion):
+                return []
         try:
-            return x509.load_pem_x509_certificates(data)
-        except ValueError:
+            return [x509.load_der_x509_certificate(data)]
+        except (ValueError, x509.InvalidVersion):
             return []
-    try:
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError:
-        return []
+
+
+_CORE: tuple[tuple[str, Callable[[x509.Certificate], object]], ...] = (
+    ("subject", lambda c: c.subject.rfc4514_string()),
+    ("issuer", lambda c: c.issuer.rfc4514_string()),
+    ("serial number", serial_of),
+    ("validity", lambda c: (c.not_valid_before_utc, c.not_valid_after_utc)),
+    ("signature algorithm", lambda c: c.signature_algorithm_oid),
+)
+
+
+def unreadable_part(cert: x509.Certificate) -> str | None:
+    """The name of the first core field that cannot be parsed, or None when all can.
+
+    cryptography parses lazily, so a corrupt field only fails when read; finding it here
+    turns a crash deep in the summary into one clear sentence. Malformed *extensions* are
+    left to the lint, which reports them as a violation.
+    """
+    for label, read in _CORE:
+        try:
+            read(cert)
+        except Exception:  # ValueError, TypeError, ...: whatever the parser raises
+            return label
+    return None
 
 
 def key_description(cert: x509.Certificate) -> str:
     try:
         key = cert.public_key()
-    except (ValueError, TypeError):
-        return "unsupported key type"
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "unreadable or unsupported key"
     if isinstance(key, ec.EllipticCurvePublicKey):
         names = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
         return f"ECDSA {names.get(key.curve.name, key.curve.name)}"
@@ -83,26 +120,31 @@ def _ext_text(cert: x509.Certificate) -> dict[str, str]:
 def summary(cert: x509.Certificate, now: datetime | None = None) -> dict[str, Any]:
     """The facts ``inspect`` prints, as a JSON-ready mapping."""
     now = now or datetime.now(UTC)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        dns = san.get_values_for_type(x509.DNSName)
-        ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        uris, dns, ips = [], [], []
+    uris: list[str] = []
+    dns: list[str] = []
+    ips: list[str] = []
+    readable = extensions_readable(cert)
+    if readable:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+            dns = san.get_values_for_type(x509.DNSName)
+            ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+        except x509.ExtensionNotFound:
+            pass
     findings = lint(cert, now)
     return {
         "role": role_of(cert),
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
-        "serial": format(cert.serial_number, "x"),
+        "serial": format(serial_of(cert), "x"),
         "uris": uris,
         "dns": dns,
         "ips": ips,
         "not_before": _time(cert.not_valid_before_utc),
         "not_after": _time(cert.not_valid_after_utc),
         "key": key_description(cert),
-        "extensions": _ext_text(cert),
+        "extensions": _ext_text(cert) if readable else {"extensions": "unreadable"},
         "thumbprint": thumbprint(cert),
         "findings": [
             {"rule": f.rule, "severity": f.severity, "message": f.message} for f in findings

@@ -8,12 +8,15 @@ SPIFFE ID with a path; a ``CA:true`` certificate naming a workload is judged as 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mesh.errors import InvalidSpiffeIdError
@@ -45,7 +48,20 @@ def _uris(cert: x509.Certificate) -> list[str]:
     return [] if san is None else san.value.get_values_for_type(x509.UniformResourceIdentifier)
 
 
+def extensions_readable(cert: x509.Certificate) -> bool:
+    """False when the extensions cannot be read: malformed, one appearing twice (RFC 5280
+    4.2 forbids it) or of a kind cryptography does not support. cryptography parses them
+    lazily, so this is where such a certificate shows."""
+    try:
+        _ = cert.extensions
+    except Exception:  # cryptography raises ValueError, TypeError, DuplicateExtension,
+        return False  # UnsupportedGeneralNameType...: all mean "cannot be read"
+    return True
+
+
 def role_of(cert: x509.Certificate) -> Role:
+    if not extensions_readable(cert):
+        return "leaf"
     bc = _ext(cert, x509.BasicConstraints)
     if bc is None or not bc.value.ca:
         return "leaf"
@@ -60,8 +76,19 @@ def role_of(cert: x509.Certificate) -> Role:
 
 def lint(cert: x509.Certificate, now: datetime | None = None) -> list[Finding]:
     """All findings for ``cert``, judged as the role :func:`role_of` gives it."""
+    now = now or datetime.now(UTC)
+    if not extensions_readable(cert):
+        return [
+            Finding(
+                "EXTENSIONS",
+                "violation",
+                "the certificate's extensions cannot be read (malformed, repeated or of an "
+                "unsupported kind); a verifier will refuse it",
+            ),
+            *_key_and_time_notes(cert, now),
+        ]
     findings = _lint_leaf(cert) if role_of(cert) == "leaf" else _lint_ca(cert)
-    return findings + _common_notes(cert, now or datetime.now(UTC))
+    return findings + _key_and_time_notes(cert, now) + _id_notes(cert)
 
 
 def _lint_leaf(cert: x509.Certificate) -> list[Finding]:
@@ -162,9 +189,17 @@ def _lint_ca(cert: x509.Certificate) -> list[Finding]:
     return out
 
 
-def _common_notes(cert: x509.Certificate, now: datetime) -> list[Finding]:
+def _key_and_time_notes(cert: x509.Certificate, now: datetime) -> list[Finding]:
     out: list[Finding] = []
-    key = cert.public_key()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        serial = cert.serial_number
+    if serial <= 0:
+        out.append(Finding("SERIAL", "violation", "the serial number must be positive (RFC 5280)"))
+    try:
+        key: object = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
     if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
         out.append(
             Finding(
@@ -177,6 +212,11 @@ def _common_notes(cert: x509.Certificate, now: datetime) -> list[Finding]:
         out.append(Finding("VALIDITY", "note", "the certificate is not valid yet"))
     elif now >= cert.not_valid_after_utc:
         out.append(Finding("VALIDITY", "note", "the certificate has expired"))
+    return out
+
+
+def _id_notes(cert: x509.Certificate) -> list[Finding]:
+    out: list[Finding] = []
     if _ext(cert, x509.SubjectKeyIdentifier) is None:
         out.append(Finding("SKI", "note", "no subjectKeyIdentifier"))
     if _ext(cert, x509.AuthorityKeyIdentifier) is None and cert.issuer != cert.subject:

@@ -146,3 +146,34 @@ def test_inspect_cli_exit_codes(
     assert main(["inspect", str(junk)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no readable certificate" in err
+
+
+def test_malformed_extensions_are_a_violation_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography.x509.oid import ExtensionOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(5)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        # A SAN whose DER is cut short: it only fails when someone reads it.
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x86\x01"),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    reloaded = x509.load_der_x509_certificate(cert.public_bytes(serialization.Encoding.DER))
+    assert [f.rule for f in violations(lint(reloaded))] == ["EXTENSIONS"]
+    path = tmp_path / "malformed.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert main(["inspect", str(path)]) == 1
+    assert "violation [EXTENSIONS]" in capsys.readouterr().out

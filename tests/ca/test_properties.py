@@ -155,3 +155,30 @@ def test_extra_sans_are_issued_exactly_or_refused(
     assert all(re.fullmatch(r"[a-z0-9.-]+", d) for d in got_dns)
     assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address(i) for i in ips}
     assert len(san.get_values_for_type(x509.UniformResourceIdentifier)) == 1
+
+
+@pytest.fixture(scope="module")
+def leaf_der(shared_ca: CertificateAuthority) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    svid = shared_ca.issue("fuzz", dns=["fuzz.example.org"], ips=["10.0.0.1"])
+    return svid.certificate.public_bytes(serialization.Encoding.DER)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_inspect_survives_any_corruption_of_a_real_certificate(
+    leaf_der: bytes, data: st.DataObject
+) -> None:
+    from ca.describe import render, summary, unreadable_part
+
+    der = bytearray(leaf_der)
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+        i = data.draw(st.integers(min_value=0, max_value=len(der) - 1))
+        der[i] = data.draw(st.integers(min_value=0, max_value=255))
+    for cert in load_certificates(bytes(der)):
+        if unreadable_part(cert) is not None:
+            continue  # the CLI refuses it with one sentence (exit 2)
+        info = summary(cert)
+        assert isinstance(info["conforms"], bool)
+        render(cert, 1, 1)
