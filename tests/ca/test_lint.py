@@ -177,3 +177,16 @@ def test_malformed_extensions_are_a_violation_not_a_crash(
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     assert main(["inspect", str(path)]) == 1
     assert "violation [EXTENSIONS]" in capsys.readouterr().out
+
+
+def test_inspect_refuses_a_certificate_with_an_unreadable_subject(
+    mesh_ca: CertificateAuthority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    der = mesh_ca.issue("orders").certificate.public_bytes(serialization.Encoding.DER)
+    assert der.count(b"\x0c\x06orders") == 1  # the subject's CN, a UTF8String
+    broken = tmp_path / "broken.der"
+    broken.write_bytes(der.replace(b"\x0c\x06orders", b"\x03\x06orders"))  # now a BIT STRING
+    assert main(["inspect", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "certificate 1 in" in err and "is malformed: its subject cannot be read" in err
+    assert err.count("\n") == 1
