@@ -116,6 +116,11 @@ def build_root(
         not_before=now - CA_BACKDATE,
         not_after=now + ROOT_LIFETIME,
         path_length=path_length,
+    ).add_extension(
+        # Optional on a self-signed root (RFC 5280 4.2.1.1), but it lets tools that key
+        # chain building on AKI treat the root like any other link.
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+        critical=False,
     )
     return builder.sign(key, hashes.SHA256())
 

@@ -76,6 +76,10 @@ def test_ca_certificates(ca_factory) -> None:  # type: ignore[no-untyped-def]
     assert (root.not_valid_after_utc - root.not_valid_before_utc).days >= 3650
     assert (inter.not_valid_after_utc - inter.not_valid_before_utc).days >= 365
     inter.verify_directly_issued_by(root)
+    for cert, issuer in ((root, root), (inter, root)):
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert aki.key_identifier == ski.digest
     svid = ca.issue("orders")
     assert svid.chain == (svid.certificate, inter)
     assert str(svid.spiffe_id) == "spiffe://example.org/svc/orders"
