@@ -177,3 +177,35 @@ def _digest(token: str) -> bytes:
     import hashlib
 
     return hashlib.sha256(token.encode()).digest()
+
+
+def test_concurrent_verification_while_the_bundle_changes(mesh: Any) -> None:
+    """Threads share one verifier and cache while the CA publishes new bundles underneath."""
+    import threading
+
+    bundle = mesh.bundle(check_interval=0)
+    v = mesh.verifier("payments", bundle=bundle, cache=VerifiedTokenCache(clock=mesh.clock))
+    tokens = [mesh.chain("gateway", "orders", "payments") for _ in range(8)]
+    bad = mesh.chain("gateway", "orders", "inventory")
+    errors: list[BaseException] = []
+    results: list[str | None] = []
+
+    def work() -> None:
+        try:
+            for i in range(40):
+                results.append(v.verify(tokens[i % len(tokens)], mesh.cert("orders")).user)
+                with pytest.raises(E.AudienceMismatch):
+                    v.verify(bad, mesh.cert("orders"))
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for n in range(3):
+        mesh.ca.issue(f"extra-{n}")  # republishes bundle.spiffe.json and crl.pem
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == ["alice"] * 160
+    assert bundle.key_for(mesh.svids["auth"].thumbprint) is not None
