@@ -10,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca import fsio
@@ -61,10 +63,28 @@ class IssuedSVID:
             raise OutputError(
                 f"cannot create the output folder {directory}: {err.strerror or err}"
             ) from err
+        if self.private_key is None:
+            self._check_kept_key(directory / SVID_KEY_PEM)
         staged.add(directory / SVID_BUNDLE_PEM, self.bundle_pem(), fsio.PUBLIC_MODE)
         if self.private_key is not None:
             staged.add(directory / SVID_KEY_PEM, self.key_pem(), fsio.KEY_MODE)
         staged.add(directory / SVID_PEM, self.chain_pem(), fsio.PUBLIC_MODE)
+
+    def _check_kept_key(self, key_path: Path) -> None:
+        """With a CSR the service keeps its key; a different key already in the folder would
+        be paired with the new certificate by whoever loads the folder, so refuse."""
+        if not key_path.exists():
+            return
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            matches = key.public_key() == self.certificate.public_key()
+        except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+            matches = False
+        if not matches:
+            raise OutputError(
+                f"{key_path} holds a key other than the CSR's; it would not match the new "
+                "certificate: move it away or choose another output folder"
+            )
 
     def write_to(self, directory: Path) -> None:
         """Write the three files into ``directory`` (created if missing), each atomically.

@@ -215,3 +215,55 @@ def test_unusable_ca_folder_exits_2(
     assert main(["init", "--ca-dir", str(tmp_path / "x"), "--trust-domain", "Not Valid"]) == 2
     assert "trust domain 'Not Valid' is invalid" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_scripts_ca_issue_wrapper_keeps_relative_paths(ca_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "ca-issue"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    res = subprocess.run(
+        [str(script), "orders", "--ca-dir", str(ca_dir), "--out", "rel-out"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (work / "rel-out" / "orders" / "svid.pem").is_file()
+    bad = subprocess.run(
+        [str(script), "Bad_Name", "--ca-dir", str(ca_dir)],
+        cwd=work, capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("ca-issue: error: service name 'Bad_Name' is invalid")
+
+
+def test_csr_next_to_a_foreign_key_file_is_refused(
+    ca_dir: Path, tmp_path: Path, snapshot: Snap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["issue", "orders", "--ca-dir", str(ca_dir), "--out", str(out)]) == 0
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = _csr_file(tmp_path, key, "renew.pem")
+    before_ca, before_out = snapshot(ca_dir), snapshot(out)
+    capsys.readouterr()
+    # The folder still holds the CA-made key: the new certificate would be paired with it.
+    argv = ["renew", "orders", "--ca-dir", str(ca_dir), "--out", str(out), "--csr", csr]
+    assert main(argv) == 2
+    assert "holds a key other than the CSR's" in capsys.readouterr().err
+    assert snapshot(ca_dir) == before_ca and snapshot(out) == before_out
+
+    # The service's own key in the folder: the CSR matches it, the renewal goes through.
+    (out / "orders" / "svid_key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert main(argv) == 0
+    leaf = x509.load_pem_x509_certificates((out / "orders" / "svid.pem").read_bytes())[0]
+    assert leaf.public_key() == key.public_key()
