@@ -96,14 +96,21 @@ class Inventory:
                 made.append(res)
             return made
 
-    def release(self, reservation_id: str) -> None:
-        """Give a reservation's units back (an order that failed after reserving)."""
+    def release(self, reservation_ids: Sequence[str], *, user: str) -> int:
+        """Give ``user``'s reservations back, all or none; another user's id is not found."""
         with self._lock:
-            res = self._reservations.pop(reservation_id, None)
-            if res is None:
-                raise InvalidRequest("no such reservation")
-            self._available[res.sku] += res.quantity
-            self._reserved[res.sku] -= res.quantity
+            found = [self._reservations.get(rid) for rid in reservation_ids]
+            for rid, res in zip(reservation_ids, found, strict=True):
+                if res is None or res.user != user:
+                    raise InvalidRequest(f"no reservation {rid!r} for this user")
+            if len(set(reservation_ids)) != len(reservation_ids):
+                raise InvalidRequest("a reservation is listed twice")
+            for res in found:
+                assert res is not None
+                del self._reservations[res.reservation_id]
+                self._available[res.sku] += res.quantity
+                self._reserved[res.sku] -= res.quantity
+            return len(found)
 
     def stock(self, skus: Sequence[str] = ()) -> list[StockLevel]:
         with self._lock:

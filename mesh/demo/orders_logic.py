@@ -6,6 +6,7 @@ the tests plug in the real inventory and payments logic.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from mesh.demo import catalog
 from mesh.demo.errors import InvalidRequest, UserRequired
 from mesh.demo.orders_store import OrderLine, OrdersStore, StoredOrder
+
+_log = logging.getLogger("mesh.demo.orders")
 
 MAX_LINES = 20
 MAX_QUANTITY = 100
@@ -55,6 +58,7 @@ def plan_order(lines: Sequence[tuple[str, int]]) -> OrderPlan:
 
 Reserve = Callable[[OrderPlan], Sequence[str]]
 Charge = Callable[[OrderPlan], str]
+Release = Callable[[Sequence[str]], object]
 
 
 def place_order(
@@ -64,16 +68,27 @@ def place_order(
     reserve: Reserve,
     charge: Charge,
     store: OrdersStore,
+    release: Release | None = None,
     clock: Callable[[], float] = time.time,
 ) -> StoredOrder:
     """Reserve, then charge, then store; a failure stops the order there and propagates.
 
+    If the charge fails, the reservations are given back (``release``) before the charge's
+    error propagates; a failed release is logged, never allowed to hide that error.
     ``user`` comes from the verified chain, never from the request.
     """
     if not user:
         raise UserRequired("placing an order needs a verified end user on the call")
     reservation_ids = tuple(reserve(plan))
-    payment_id = charge(plan)
+    try:
+        payment_id = charge(plan)
+    except BaseException:
+        if release is not None and reservation_ids:
+            try:
+                release(reservation_ids)
+            except Exception:
+                _log.exception("order %s: releasing its reservations failed", plan.order_id)
+        raise
     order = StoredOrder(
         order_id=plan.order_id,
         user=user,

@@ -41,6 +41,7 @@ class InProcessMesh:
     payments: Payments
     store: OrdersStore
     ports: dict[str, int] = field(default_factory=dict)
+    servers: dict[str, MeshServer] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
 
     def address(self, name: str) -> str:
@@ -79,6 +80,7 @@ def inproc_mesh(mesh_ca, tmp_path: Path) -> Iterator[InProcessMesh]:  # type: ig
     def start(name: str, srv: MeshServer) -> None:
         mesh.ports[name] = srv.add_port("127.0.0.1:0")
         srv.start()
+        mesh.servers[name] = srv
         mesh.closers.append(lambda: srv.stop(None).wait())
 
     def channel(callee: str, caller: str) -> grpc.Channel:

@@ -76,13 +76,20 @@ def test_reserve_needs_a_user_and_lines() -> None:
         inv.reserve_many([], user="alice")
 
 
-def test_release_gives_units_back_once() -> None:
-    inv = Inventory({"mug": 2})
-    res = inv.reserve(ReserveLine("o", "mug", 2), user="u")
-    inv.release(res.reservation_id)
-    assert inv.stock(["mug"]) == [StockLevel("mug", 2, 0)]
+def test_release_gives_units_back_once_and_only_to_their_user() -> None:
+    inv = Inventory({"mug": 5})
+    a = inv.reserve(ReserveLine("o", "mug", 2), user="alice")
+    b = inv.reserve(ReserveLine("o", "mug", 1), user="alice")
+    other = inv.reserve(ReserveLine("p", "mug", 1), user="bob")
+    with pytest.raises(InvalidRequest, match="for this user"):
+        inv.release([a.reservation_id, other.reservation_id], user="alice")
+    with pytest.raises(InvalidRequest, match="twice"):
+        inv.release([a.reservation_id, a.reservation_id], user="alice")
+    assert inv.stock(["mug"]) == [StockLevel("mug", 1, 4)]  # all or none: nothing moved
+    assert inv.release([a.reservation_id, b.reservation_id], user="alice") == 2
+    assert inv.stock(["mug"]) == [StockLevel("mug", 4, 1)]
     with pytest.raises(InvalidRequest):
-        inv.release(res.reservation_id)
+        inv.release([a.reservation_id], user="alice")
 
 
 def test_concurrent_reservations_never_oversell() -> None:
@@ -200,6 +207,34 @@ def test_place_order_reserves_charges_and_stores(tmp_path: Path) -> None:
     assert inv.stock(["grinder"]) == [StockLevel("grinder", 1, 2)]
     assert store.list_for("alice") == [order]
     assert store.list_for("bob") == []
+
+
+def test_failed_charge_releases_the_reservations(tmp_path: Path) -> None:
+    inv, pay, store, deps = _wired(tmp_path)
+    released: list[tuple[str, ...]] = []
+
+    def release(ids):  # type: ignore[no-untyped-def]
+        released.append(tuple(ids))
+        return inv.release(ids, user="alice")
+
+    plan = plan_order([("grinder", 3)])
+    pay.charge(user="alice", order_ref=plan.order_id, amount_cents=1, currency="EUR")
+    with pytest.raises(PaymentRefused, match="different amount"):
+        place_order(plan, user="alice", release=release, **deps)  # type: ignore[arg-type]
+    assert len(released) == 1 and len(released[0]) == 1
+    assert inv.stock(["grinder"]) == [StockLevel("grinder", 3, 0)] and store.count() == 0
+
+
+def test_a_failed_release_never_hides_the_charge_error(tmp_path: Path) -> None:
+    _, pay, _, deps = _wired(tmp_path)
+
+    def broken_release(_ids):  # type: ignore[no-untyped-def]
+        raise RuntimeError("inventory down")
+
+    plan = plan_order([("mug", 1)])
+    pay.charge(user="alice", order_ref=plan.order_id, amount_cents=1, currency="EUR")
+    with pytest.raises(PaymentRefused):
+        place_order(plan, user="alice", release=broken_release, **deps)  # type: ignore[arg-type]
 
 
 def test_failed_reservation_charges_and_stores_nothing(tmp_path: Path) -> None:

@@ -66,6 +66,9 @@ CASES = [
     ("orders", "OrdersService/CreateOrder", app_call("gateway"), USER_REQUIRED),
     ("inventory", "InventoryService/Reserve", user_call("gateway", "orders"), ALLOWED),
     ("inventory", "InventoryService/ReserveMany", user_call("gateway", "orders"), ALLOWED),
+    ("inventory", "InventoryService/Release", user_call("gateway", "orders"), ALLOWED),
+    ("inventory", "InventoryService/Release", user_call("gateway"), CHAIN_NOT_ALLOWED),
+    ("inventory", "InventoryService/Release", app_call("reporting"), CHAIN_NOT_ALLOWED),
     # the story's attacks: skipping orders, a user without the scope, a replayed chain
     ("inventory", "InventoryService/Reserve", user_call("gateway"), CHAIN_NOT_ALLOWED),
     ("inventory", "InventoryService/Reserve", user_call("gateway", "orders", claims=READER),

@@ -159,3 +159,18 @@ def test_orders_refuses_a_call_that_did_not_come_through_the_gateway(inproc_mesh
             orders_pb2.CreateOrderRequest(lines=[orders_pb2.OrderLine(sku="mug", quantity=1)]),
             metadata=(("authorization", f"Bearer {app}"),), timeout=10))
     assert failure.summary() == "PERMISSION_DENIED CHAIN_NOT_ALLOWED at orders"
+
+
+def test_an_unreachable_hop_is_named_without_internal_addresses(inproc_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = inproc_mesh
+    mesh.servers["payments"].stop(None).wait()
+    with _gateway(mesh) as gw:
+        failure = _failure(lambda: client.place_order(gw, mesh.user_token("alice", WRITER),
+                                                      [("mug", 1)]))
+    assert failure.summary() == "UNAVAILABLE DOWNSTREAM_FAILED at orders"
+    assert failure.message.startswith("orders refused: payments could not be reached")
+    assert "127.0.0.1" not in failure.message and str(mesh.ports["payments"]) not in (
+        failure.message)
+    assert mesh.store.count() == 0
+    # the reservation made before the charge failed was given back
+    assert mesh.inventory.stock(["mug"])[0].reserved == 0

@@ -9,6 +9,7 @@ inventory refused for ``SCOPE_MISSING``), its message prefixed with who refused.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
@@ -18,10 +19,12 @@ from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from mesh.context import current_call
 from mesh.demo.errors import DemoError, DownstreamFailed, UserRequired
+from mesh.errors import MeshError
 from mesh.spiffeid import SpiffeId
 from mesh.status import rejection
 
 F = TypeVar("F", bound=Callable[..., Any])
+_log = logging.getLogger("mesh.demo")
 
 
 class Registry(Protocol):
@@ -49,6 +52,16 @@ def _abort_demo(context: grpc.ServicerContext, err: DemoError, service: str,
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
+def _abort_mesh(context: grpc.ServicerContext, err: MeshError, service: str,
+                method: str) -> NoReturn:
+    """A mesh error raised while handling (e.g. no user to propagate): this service's fault."""
+    reason = str(getattr(err, "reason", "MESH_ERROR"))
+    _log.error("%s: %s: %s", method, reason, err)
+    context.abort_with_status(rejection(grpc.StatusCode.INTERNAL, str(err), reason,
+                                        service=service, method=method))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
 def _abort_downstream(context: grpc.ServicerContext, err: grpc.RpcError, service: str,
                       method: str, downstream: str) -> NoReturn:
     call = cast(grpc.Call, err)
@@ -59,7 +72,11 @@ def _abort_downstream(context: grpc.ServicerContext, err: grpc.RpcError, service
     except ValueError:
         proto = None
     if proto is None:
-        failure = DownstreamFailed(f"{downstream} failed: {details}")
+        # No meshid status: a transport failure. Its details name internal addresses, so
+        # they go to this service's log, and the caller learns only which hop failed how.
+        _log.warning("%s: call to %s failed: %s: %s", method, downstream, code.name, details)
+        failure = DownstreamFailed(f"{downstream} could not be reached or failed "
+                                   f"({code.name}); see {service}'s log")
         reason = "DEADLINE_EXCEEDED" if code == grpc.StatusCode.DEADLINE_EXCEEDED else (
             failure.reason)
         context.abort_with_status(rejection(code, str(failure), reason, service=service,
@@ -100,6 +117,8 @@ def handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
                 _abort_demo(context, err, str(own_id), method)
             except Downstream as down:
                 _abort_downstream(context, down.err, str(own_id), method, down.service)
+            except MeshError as err:
+                _abort_mesh(context, err, str(own_id), method)
 
         return cast(F, inner)
 
@@ -118,6 +137,8 @@ def stream_handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
                 _abort_demo(context, err, str(own_id), method)
             except Downstream as down:
                 _abort_downstream(context, down.err, str(own_id), method, down.service)
+            except MeshError as err:
+                _abort_mesh(context, err, str(own_id), method)
 
         return cast(F, inner)
 

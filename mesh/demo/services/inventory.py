@@ -15,6 +15,7 @@ from mesh.spiffeid import SpiffeId
 RESERVE = "/mesh.demo.v1.InventoryService/Reserve"
 RESERVE_MANY = "/mesh.demo.v1.InventoryService/ReserveMany"
 STOCK = "/mesh.demo.v1.InventoryService/Stock"
+RELEASE = "/mesh.demo.v1.InventoryService/Release"
 
 
 def _line(req: inventory_pb2.ReserveRequest) -> ReserveLine:
@@ -50,6 +51,14 @@ def make_servicer(
                 lines.append(_line(request))
             made = inventory.reserve_many(lines, user=user)
             return inventory_pb2.ReserveManyResponse(reservations=[_proto(r) for r in made])
+
+        @handler(own_id, RELEASE)
+        def Release(
+            self, request: inventory_pb2.ReleaseRequest, context: grpc.ServicerContext
+        ) -> inventory_pb2.ReleaseResponse:
+            user = verified_user()
+            released = inventory.release(list(request.reservation_ids), user=user)
+            return inventory_pb2.ReleaseResponse(released=released)
 
         @handler(own_id, STOCK)
         def Stock(

@@ -73,6 +73,12 @@ def make_servicer(
             )))
         return response.payment_id
 
+    def release(reservation_ids: Sequence[str]) -> int:
+        response: inventory_pb2.ReleaseResponse = call_downstream("inventory", lambda: (
+            inventory.Release(inventory_pb2.ReleaseRequest(reservation_ids=list(reservation_ids)),
+                              timeout=DOWNSTREAM_TIMEOUT)))
+        return response.released
+
     class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         @handler(own_id, CREATE_ORDER)
         def CreateOrder(
@@ -81,7 +87,7 @@ def make_servicer(
             user = verified_user()
             plan = plan_order([(line.sku, line.quantity) for line in request.lines])
             return to_proto(place_order(plan, user=user, reserve=reserve, charge=charge,
-                                        store=store))
+                                        store=store, release=release))
 
         @stream_handler(own_id, LIST_ORDERS)
         def ListOrders(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmesh/demo/v1/inventory.proto\x12\x0cmesh.demo.v1\"B\n\x0eReserveRequest\x12\x11\n\torder_ref\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\"W\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12\x11\n\tremaining\x18\x04 \x01(\x05\"F\n\x13ReserveManyResponse\x12/\n\x0creservations\x18\x01 \x03(\x0b\x32\x19.mesh.demo.v1.Reservation\"\x1c\n\x0cStockRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\">\n\nStockLevel\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\"9\n\rStockResponse\x12(\n\x06levels\x18\x01 \x03(\x0b\x32\x18.mesh.demo.v1.StockLevel2\xea\x01\n\x10InventoryService\x12\x42\n\x07Reserve\x12\x1c.mesh.demo.v1.ReserveRequest\x1a\x19.mesh.demo.v1.Reservation\x12P\n\x0bReserveMany\x12\x1c.mesh.demo.v1.ReserveRequest\x1a!.mesh.demo.v1.ReserveManyResponse(\x01\x12@\n\x05Stock\x12\x1a.mesh.demo.v1.StockRequest\x1a\x1b.mesh.demo.v1.StockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmesh/demo/v1/inventory.proto\x12\x0cmesh.demo.v1\"B\n\x0eReserveRequest\x12\x11\n\torder_ref\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\"W\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12\x11\n\tremaining\x18\x04 \x01(\x05\"F\n\x13ReserveManyResponse\x12/\n\x0creservations\x18\x01 \x03(\x0b\x32\x19.mesh.demo.v1.Reservation\")\n\x0eReleaseRequest\x12\x17\n\x0freservation_ids\x18\x01 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\"\x1c\n\x0cStockRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\">\n\nStockLevel\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\"9\n\rStockResponse\x12(\n\x06levels\x18\x01 \x03(\x0b\x32\x18.mesh.demo.v1.StockLevel2\xb2\x02\n\x10InventoryService\x12\x42\n\x07Reserve\x12\x1c.mesh.demo.v1.ReserveRequest\x1a\x19.mesh.demo.v1.Reservation\x12P\n\x0bReserveMany\x12\x1c.mesh.demo.v1.ReserveRequest\x1a!.mesh.demo.v1.ReserveManyResponse(\x01\x12\x46\n\x07Release\x12\x1c.mesh.demo.v1.ReleaseRequest\x1a\x1d.mesh.demo.v1.ReleaseResponse\x12@\n\x05Stock\x12\x1a.mesh.demo.v1.StockRequest\x1a\x1b.mesh.demo.v1.StockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVATION']._serialized_end=201
   _globals['_RESERVEMANYRESPONSE']._serialized_start=203
   _globals['_RESERVEMANYRESPONSE']._serialized_end=273
-  _globals['_STOCKREQUEST']._serialized_start=275
-  _globals['_STOCKREQUEST']._serialized_end=303
-  _globals['_STOCKLEVEL']._serialized_start=305
-  _globals['_STOCKLEVEL']._serialized_end=367
-  _globals['_STOCKRESPONSE']._serialized_start=369
-  _globals['_STOCKRESPONSE']._serialized_end=426
-  _globals['_INVENTORYSERVICE']._serialized_start=429
-  _globals['_INVENTORYSERVICE']._serialized_end=663
+  _globals['_RELEASEREQUEST']._serialized_start=275
+  _globals['_RELEASEREQUEST']._serialized_end=316
+  _globals['_RELEASERESPONSE']._serialized_start=318
+  _globals['_RELEASERESPONSE']._serialized_end=353
+  _globals['_STOCKREQUEST']._serialized_start=355
+  _globals['_STOCKREQUEST']._serialized_end=383
+  _globals['_STOCKLEVEL']._serialized_start=385
+  _globals['_STOCKLEVEL']._serialized_end=447
+  _globals['_STOCKRESPONSE']._serialized_start=449
+  _globals['_STOCKRESPONSE']._serialized_end=506
+  _globals['_INVENTORYSERVICE']._serialized_start=509
+  _globals['_INVENTORYSERVICE']._serialized_end=815
 # @@protoc_insertion_point(module_scope)

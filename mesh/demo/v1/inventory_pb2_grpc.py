@@ -45,6 +45,11 @@ class InventoryServiceStub:
                 request_serializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReserveManyResponse.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/mesh.demo.v1.InventoryService/Release',
+                request_serializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
         self.Stock = channel.unary_unary(
                 '/mesh.demo.v1.InventoryService/Stock',
                 request_serializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.StockRequest.SerializeToString,
@@ -70,6 +75,14 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Gives back the units of the caller's user's reservations (an order whose charge failed).
+        Same rule as Reserve; a reservation of another user is "not found".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stock(self, request, context):
         """Readable by the reporting job with an app token (no user).
         """
@@ -89,6 +102,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.ReserveMany,
                     request_deserializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReserveRequest.FromString,
                     response_serializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReserveManyResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReleaseRequest.FromString,
+                    response_serializer=mesh_dot_demo_dot_v1_dot_inventory__pb2.ReleaseResponse.SerializeToString,
             ),
             'Stock': grpc.unary_unary_rpc_method_handler(
                     servicer.Stock,
@@ -151,6 +169,33 @@ class InventoryService:
             '/mesh.demo.v1.InventoryService/ReserveMany',
             mesh_dot_demo_dot_v1_dot_inventory__pb2.ReserveRequest.SerializeToString,
             mesh_dot_demo_dot_v1_dot_inventory__pb2.ReserveManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.demo.v1.InventoryService/Release',
+            mesh_dot_demo_dot_v1_dot_inventory__pb2.ReleaseRequest.SerializeToString,
+            mesh_dot_demo_dot_v1_dot_inventory__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
