@@ -101,6 +101,7 @@ class _Compiled:
     require_user: bool
     scopes: frozenset[str]
     roles: frozenset[str]
+    allow: Decision  # built once: the allow path runs on every call
 
 
 def _resolve(td: TrustDomain, value: str) -> SpiffeId:
@@ -161,7 +162,8 @@ class Policy:
             if not scope or " " in scope:
                 raise PolicyError(f"{name}: scope {scope!r} is empty or contains a space")
         return _Compiled(name, any_peer, peers, chains, rule.require_user,
-                         frozenset(rule.scopes), frozenset(rule.roles))
+                         frozenset(rule.scopes), frozenset(rule.roles),
+                         Decision(True, ALLOWED, name, f"allowed by {name}"))
 
     def rule_for(self, method: str) -> str | None:
         """The name of the rule that governs ``method``, or None (denied by default)."""
@@ -192,8 +194,8 @@ class Policy:
                             f"{rule.name} requires an end user and the call carries none")
         if rule.scopes:
             raw = call.user_claims.get("scope")
-            held = set(raw.split()) if isinstance(raw, str) else set()
-            missing = rule.scopes - held
+            held = raw.split() if isinstance(raw, str) else ()
+            missing = rule.scopes.difference(held)
             if missing:
                 return Decision(False, SCOPE_MISSING, rule.name,
                                 f"the user lacks scope {', '.join(sorted(missing))} "
@@ -206,7 +208,7 @@ class Policy:
                 return Decision(False, ROLE_MISSING, rule.name,
                                 f"the user holds none of the roles {', '.join(sorted(rule.roles))} "
                                 f"required by {rule.name}")
-        return Decision(True, ALLOWED, rule.name, f"allowed by {rule.name}")
+        return rule.allow
 
 
 # ---- TOML -----------------------------------------------------------------------------------
@@ -262,8 +264,10 @@ def parse_policy(text: str, *, source: str = "<policy>",
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         match = re.search(r"line (\d+)", str(err))
-        raise PolicyFileError(source, int(match.group(1)) if match else None,
-                              f"not valid TOML: {err}") from err
+        line = int(match.group(1)) if match else None
+        if line is None and "end of document" in str(err):
+            line = max(1, len(text.splitlines()))
+        raise PolicyFileError(source, line, f"not valid TOML: {err}") from err
     lines = _Lines(text)
     for key in doc:
         if key not in _TOP_KEYS:

@@ -30,8 +30,10 @@ from mesh.audit import AuditLog
 from mesh.credentials import server_credentials
 from mesh.grpcerrors import InsecureServerError, ServerConfigError
 from mesh.interceptors.guard import HEALTH_METHODS, CallGuard
-from mesh.interceptors.server_aio import AioMeshServerInterceptor
-from mesh.interceptors.server_sync import MeshServerInterceptor
+from mesh.interceptors.server_aio import AioGuardedGenericHandler
+from mesh.interceptors.server_aio import wrap_handler as wrap_aio
+from mesh.interceptors.server_sync import GuardedGenericHandler
+from mesh.interceptors.server_sync import wrap_handler as wrap_sync
 from mesh.policy import Policy
 from mesh.svid import SvidSource
 from mesh.tokens.bundle import BundleSource
@@ -59,7 +61,8 @@ def build_guard(source: SvidSource, policy: Policy, bundle: BundleSource, *,
     return CallGuard(own_id=own, verifier=verifier, bundle=bundle, policy=policy,
                      audit=audit or AuditLog(own), edge=edge,
                      tokenless_methods=tokenless_methods,
-                     peer_cache_size=1024 if caches else 0)
+                     peer_cache_size=1024 if caches else 0,
+                     call_cache_size=4096 if caches else 0)
 
 
 class _Ports:
@@ -100,22 +103,28 @@ class MeshServer:
         self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
                                  audit=audit, caches=caches)
         self._ports = _Ports(source, edge)
+        # Handlers are wrapped at registration (below), not by a server interceptor: the same
+        # checks without gRPC's per-call interceptor pipeline. Extra interceptors run first.
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers,
                                        thread_name_prefix=f"mesh-{source.current().spiffe_id}"),
-            interceptors=[MeshServerInterceptor(self.guard), *interceptors],
+            interceptors=list(interceptors),
             options=list(options),
         )
         self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
 
     # what generated add_XServicer_to_server() calls
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(
+            [GuardedGenericHandler(h, self.guard) for h in handlers])
 
     def add_registered_method_handlers(self, service_name: str,
                                        method_handlers: dict[str, Any]) -> None:
-        self._server.add_registered_method_handlers(service_name, method_handlers)
+        self._server.add_registered_method_handlers(service_name, {
+            name: wrap_sync(h, f"/{service_name}/{name}", self.guard)
+            for name, h in method_handlers.items()
+        })
 
     def add_port(self, address: str) -> int:
         """Bind ``address`` (e.g. ``127.0.0.1:0``) with the SVID; return the port."""
@@ -159,19 +168,20 @@ class AioMeshServer:
         self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
                                  audit=audit, caches=caches)
         self._ports = _Ports(source, edge)
-        self._server = grpc.aio.server(
-            interceptors=[AioMeshServerInterceptor(self.guard), *interceptors],
-            options=list(options),
-        )
+        self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(
+            [AioGuardedGenericHandler(h, self.guard) for h in handlers])
 
     def add_registered_method_handlers(self, service_name: str,
                                        method_handlers: dict[str, Any]) -> None:
-        self._server.add_registered_method_handlers(service_name, method_handlers)
+        self._server.add_registered_method_handlers(service_name, {
+            name: wrap_aio(h, f"/{service_name}/{name}", self.guard)
+            for name, h in method_handlers.items()
+        })
 
     def add_port(self, address: str) -> int:
         return self._ports.bound(address, self._server.add_secure_port(

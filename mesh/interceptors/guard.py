@@ -8,10 +8,9 @@ Every decision is written to the audit log, with the time the checks took.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,8 @@ from mesh.tokens.errors import (
 from mesh.tokens.verify import ChainVerifier, VerifiedChain
 from mesh.x509util import spiffe_id_of, thumbprint
 
+_log = logging.getLogger(__name__)
+VERIFIER_FAILED = "VERIFIER_FAILED"
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -55,28 +56,27 @@ class PeerInfo:
     certificate: x509.Certificate
     spiffe_id: SpiffeId
     thumbprint: str
+    pem: bytes
+    not_after: float
 
 
 class _PeerCache:
-    """Bounded LRU of parsed peer certificates: PEM SHA-256 -> info."""
+    """Parsed peer certificates keyed by their PEM bytes; cleared when full (no LRU: a mesh has
+    few peers, and a lookup must stay lock-free on the hot path)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._items: OrderedDict[bytes, PeerInfo] = OrderedDict()
+        self._items: dict[bytes, PeerInfo] = {}
 
     def get(self, key: bytes) -> PeerInfo | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+        return self._items.get(key)
 
-    def put(self, key: bytes, item: PeerInfo) -> None:
+    def put(self, key: bytes, info: PeerInfo) -> None:
         with self._lock:
-            self._items[key] = item
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[key] = info
 
 
 def bearer_token(metadata: Metadata) -> str:
@@ -102,7 +102,7 @@ class CallGuard:
     def __init__(self, *, own_id: SpiffeId, verifier: ChainVerifier, bundle: BundleSource,
                  policy: Policy, audit: AuditLog, edge: bool = False,
                  tokenless_methods: Iterable[str] = HEALTH_METHODS,
-                 peer_cache_size: int = 1024) -> None:
+                 peer_cache_size: int = 1024, call_cache_size: int = 4096) -> None:
         self.own_id = own_id
         self._verifier = verifier
         self._bundle = bundle
@@ -111,6 +111,15 @@ class CallGuard:
         self._edge = edge
         self._tokenless = frozenset(tokenless_methods)
         self._peers = _PeerCache(peer_cache_size) if peer_cache_size > 0 else None
+        # (token, peer PEM) -> (chain, bundle generation). A hit skips the verifier only while
+        # nothing it depended on can have changed: same bytes from the same certificate, the
+        # same bundle/CRL generation, and before the chain's earliest exp (no leeway). The
+        # policy still decides every call.
+        self._calls: dict[tuple[str, bytes | None], tuple[VerifiedChain, int]] | None = (
+            {} if call_cache_size > 0 else None
+        )
+        self._calls_max = call_cache_size
+        self._calls_lock = threading.Lock()
 
     @property
     def edge(self) -> bool:
@@ -120,6 +129,24 @@ class CallGuard:
                 extra: Mapping[str, str] | None = None) -> Rejected:
         return Rejected(rejection(code, message, reason, service=str(self.own_id),
                                   method=method, extra=extra), reason)
+
+    def _verify(self, token: str, peer: PeerInfo | None) -> VerifiedChain:
+        cache = self._calls
+        if cache is None:
+            return self._verifier.verify(token, peer.certificate if peer else None)
+        key = (token, peer.pem if peer else None)
+        generation = self._bundle.generation
+        hit = cache.get(key)
+        now = time.time()
+        if (hit is not None and hit[1] == generation and now < hit[0].expires_at
+                and (peer is None or now < peer.not_after)):
+            return hit[0]
+        chain = self._verifier.verify(token, peer.certificate if peer else None)
+        with self._calls_lock:
+            if len(cache) >= self._calls_max:
+                cache.clear()
+            cache[key] = (chain, generation)
+        return chain
 
     def peer(self, auth_context: Mapping[str, Any]) -> PeerInfo:
         """The mutual-TLS peer's certificate, parsed once per distinct certificate.
@@ -135,11 +162,10 @@ class CallGuard:
         pem = pems[0]
         if self._peers is None:
             return self._parse(pem)
-        key = hashlib.sha256(pem).digest()
-        info = self._peers.get(key)
+        info = self._peers.get(pem)
         if info is None:
             info = self._parse(pem)
-            self._peers.put(key, info)
+            self._peers.put(pem, info)
         return info
 
     @staticmethod
@@ -151,7 +177,7 @@ class CallGuard:
             raise CertificateUntrusted(
                 f"the peer's certificate is not an X.509-SVID with one SPIFFE ID: {err}"
             ) from err
-        return PeerInfo(cert, sid, thumbprint(cert))
+        return PeerInfo(cert, sid, thumbprint(cert), pem, cert.not_valid_after_utc.timestamp())
 
     def check(self, method: str, metadata: Metadata,
               auth_context: Mapping[str, Any]) -> VerifiedChain | None:
@@ -166,7 +192,7 @@ class CallGuard:
                     self._verifier.check_peer(peer.certificate)
                 return None
             token = bearer_token(metadata)
-            chain = self._verifier.verify(token, peer.certificate if peer else None)
+            chain = self._verify(token, peer)
         except TokenError as err:
             self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=None,
                                chain=(), allowed=False, reason=err.reason, rule=None,
@@ -174,6 +200,15 @@ class CallGuard:
             extra = {"hop": str(err.hop)} if err.hop is not None else None
             raise self._reject(method, code_for(err.status), str(err), err.reason,
                                extra) from None
+        except Exception:
+            # Fail closed, and keep the internals (and anything secret) out of the reply.
+            _log.exception("verifying a call to %s failed unexpectedly", method)
+            self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=None,
+                               chain=(), allowed=False, reason=VERIFIER_FAILED, rule=None,
+                               verify_us=(time.perf_counter_ns() - start) // 1000)
+            raise self._reject(method, grpc.StatusCode.INTERNAL,
+                               "the call could not be verified because of an internal error "
+                               "at the called service; it was refused", VERIFIER_FAILED) from None
         decision = self._policy.decide(method, chain)
         self._audit.record(method=method, peer=chain.peer, user=chain.user, chain=chain.chain,
                            allowed=decision.allowed, reason=decision.reason, rule=decision.rule,

@@ -21,6 +21,7 @@ from mesh.interceptors.guard import CallGuard, Rejected
 from mesh.tokens.verify import VerifiedChain
 
 _DONE = object()
+_MAX_WRAPPED = 4096
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
 
@@ -103,11 +104,44 @@ def wrap_handler(handler: Handler, method: str, guard: CallGuard) -> Handler:
     return factory_s(stream_response, req, resp)
 
 
-class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies peer, token chain and policy for every call on an aio server."""
+class _WrapCache:
+    """(method, handler) -> wrapped handler, built once per handler object."""
 
     def __init__(self, guard: CallGuard) -> None:
         self._guard = guard
+        self._wrapped: dict[tuple[str, int], tuple[Any, Handler]] = {}
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        key = (method, id(handler))
+        hit = self._wrapped.get(key)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = wrap_handler(handler, method, self._guard)
+        if len(self._wrapped) >= _MAX_WRAPPED:
+            self._wrapped.clear()
+        self._wrapped[key] = (handler, wrapped)  # the handler is kept so its id stays unique
+        return wrapped
+
+
+class AioGuardedGenericHandler(grpc.GenericRpcHandler):
+    """Wraps a generic handler so that every method it serves is checked (aio flavour)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard) -> None:
+        self._inner = inner
+        self._cache = _WrapCache(guard)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._cache.wrap(handler_call_details.method, handler)
+
+
+class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies peer, token chain and policy for every call on an aio server you build."""
+
+    def __init__(self, guard: CallGuard) -> None:
+        self._cache = _WrapCache(guard)
 
     async def intercept_service(
         self,
@@ -117,4 +151,4 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return wrap_handler(handler, handler_call_details.method, self._guard)
+        return self._cache.wrap(handler_call_details.method, handler)

@@ -8,6 +8,7 @@ read by :func:`mesh.context.current_call` for the duration of the handler, on ev
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -16,6 +17,8 @@ import grpc
 from mesh.context import enter_call, leave_call
 from mesh.interceptors.guard import CallGuard, Rejected
 from mesh.tokens.verify import VerifiedChain
+
+_MAX_WRAPPED = 4096
 
 
 def _check(guard: CallGuard, method: str, context: grpc.ServicerContext) -> VerifiedChain | None:
@@ -86,11 +89,58 @@ def _stream(chain: VerifiedChain | None, behaviour: Callable[[Any, grpc.Servicer
         leave_call(token)
 
 
-class MeshServerInterceptor(grpc.ServerInterceptor):
-    """Verifies peer, token chain and policy for every call; see :class:`CallGuard`."""
+class _WrapCache:
+    """(method, handler) -> wrapped handler; generic handlers usually hand out the same handler
+    object per method, so each wrapper is built once, not on every call."""
 
     def __init__(self, guard: CallGuard) -> None:
         self._guard = guard
+        self._wrapped: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+             ) -> grpc.RpcMethodHandler[Any, Any]:
+        key = (method, id(handler))
+        hit = self._wrapped.get(key)
+        if hit is not None and hit[0] is handler:
+            wrapped: grpc.RpcMethodHandler[Any, Any] = hit[1]
+            return wrapped
+        wrapped = wrap_handler(handler, method, self._guard)
+        with self._lock:
+            if len(self._wrapped) >= _MAX_WRAPPED:
+                self._wrapped.clear()
+            # keep the handler itself so its id cannot be reused while cached
+            self._wrapped[key] = (handler, wrapped)
+        return wrapped
+
+
+class GuardedGenericHandler(grpc.GenericRpcHandler):
+    """Wraps a generic handler so that every method it serves is checked.
+
+    :class:`mesh.server.MeshServer` wraps at registration instead of using a server
+    interceptor: the same checks, without gRPC's per-call interceptor pipeline.
+    """
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard) -> None:
+        self._inner = inner
+        self._cache = _WrapCache(guard)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._cache.wrap(handler_call_details.method, handler)
+
+
+class MeshServerInterceptor(grpc.ServerInterceptor):
+    """Verifies peer, token chain and policy for every call; see :class:`CallGuard`.
+
+    For servers you build yourself; :class:`mesh.server.MeshServer` wraps handlers directly.
+    """
+
+    def __init__(self, guard: CallGuard) -> None:
+        self._cache = _WrapCache(guard)
 
     def intercept_service(
         self,
@@ -100,4 +150,4 @@ class MeshServerInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return wrap_handler(handler, handler_call_details.method, self._guard)
+        return self._cache.wrap(handler_call_details.method, handler)

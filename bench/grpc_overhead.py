@@ -1,0 +1,258 @@
+"""What meshid costs per gRPC call, against plain gRPC with mutual TLS in the same run.
+
+Unary calls on loopback, closed loop, 1 and 8 client threads, each cell run for ``--seconds``
+after a short warm-up; throughput is calls/s, latency p50/p99 in microseconds.
+
+Cells:
+- ``plain``: gRPC with mutual TLS, no interceptors (the baseline, ratio 1.00);
+- ``mesh``: meshid on both sides, a user's call: the client mints an app-asserted token
+  wrapping the user token for every call, the server checks peer, token chain and policy, sets
+  the context and writes the audit decision (logger disabled), with warm caches (minted-token
+  reuse, verified-token cache, parsed peer certificates);
+- ``mesh_nocache``: the same with every cache off (a new token is signed and every layer's
+  signature verified on every call);
+- ``plain_2hop`` / ``mesh_2hop``: client -> orders -> payments, orders' handler calling on
+  (meshid: the user and chain propagate with no handler code).
+
+``cpu us`` is this process's CPU time per call (client and server together, all threads):
+unlike calls/s it does not move when other programs load the machine.
+
+Ratios are to ``plain`` at the same thread count (the 2-hop rows also to ``plain_2hop``).
+Target (issue 4): ``mesh`` >= 0.90x of ``plain`` at both thread counts. ``--json`` prints the
+same figures as one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ca.authority import CertificateAuthority
+from mesh.channel import MeshChannel
+from mesh.context import enter_call, leave_call
+from mesh.policy import Policy, Rule
+from mesh.server import MeshServer
+from mesh.svid import X509SvidFolder
+from mesh.tokens.bundle import FileBundleSource
+from mesh.tokens.signer import TokenSigner
+from mesh.tokens.verify import ChainVerifier
+
+METHOD = "/bench.v1.Echo/Unary"
+TARGET = 0.90
+THREADS = (1, 8)
+
+
+def handler(forward: Callable[[bytes], bytes] | None) -> grpc.GenericRpcHandler:
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return forward(request) if forward is not None else request
+
+    return grpc.method_handlers_generic_handler(
+        "bench.v1.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)})
+
+
+class Mesh:
+    def __init__(self, root: Path, stack: ExitStack) -> None:
+        self.root = root
+        self.stack = stack
+        self.ca = CertificateAuthority.init(root / "ca")
+        stack.callback(self.ca.close)
+        for name in ("auth", "gateway", "orders", "payments"):
+            self.ca.issue(name).write_to(root / name)
+        self.ids = {n: X509SvidFolder(root / n) for n in ("gateway", "orders", "payments")}
+        self.bundle = FileBundleSource(self.ca.bundle_path, self.ca.crl_path)
+        auth = self.ca.issue("auth")
+        assert auth.private_key is not None
+        td = self.ca.trust_domain
+        self.user_token = TokenSigner(auth.private_key, auth.chain).user_token(
+            "alice", [td.service("gateway")], scope="orders", ttl=3600)
+        self.user_chain = ChainVerifier(td.service("gateway"), self.bundle).verify(
+            self.user_token, None)
+
+    def pem(self, name: str) -> tuple[bytes, bytes, bytes]:
+        d = self.root / name
+        return ((d / "svid_key.pem").read_bytes(), (d / "svid.pem").read_bytes(),
+                (d / "svid_bundle.pem").read_bytes())
+
+    def _server(self, server: Any, creds: Any) -> int:
+        port: int = server.add_secure_port("127.0.0.1:0", creds) if creds else server.add_port(
+            "127.0.0.1:0")
+        server.start()
+        self.stack.callback(server.stop, None)
+        return port
+
+    def plain_server(self, name: str, forward: Callable[[bytes], bytes] | None = None) -> int:
+        key, chain, roots = self.pem(name)
+        server = grpc.server(futures.ThreadPoolExecutor(16))
+        server.add_generic_rpc_handlers([handler(forward)])
+        creds = grpc.ssl_server_credentials([(key, chain)], root_certificates=roots,
+                                            require_client_auth=True)
+        return self._server(server, creds)
+
+    def plain_channel(self, port: int, me: str, callee: str) -> grpc.Channel:
+        key, chain, roots = self.pem(me)
+        channel = grpc.secure_channel(
+            f"127.0.0.1:{port}", grpc.ssl_channel_credentials(roots, key, chain),
+            options=[("grpc.ssl_target_name_override", f"{callee}.svc.mesh.internal")])
+        self.stack.callback(channel.close)
+        return channel
+
+    def mesh_server(self, name: str, chains: tuple[tuple[str, ...], ...], caches: bool,
+                    forward: Callable[[bytes], bytes] | None = None) -> int:
+        policy = Policy([Rule(methods=("/bench.v1.Echo/*",), chains=chains,
+                              scopes=("orders",))])
+        server = MeshServer(self.ids[name], policy, self.bundle, max_workers=16, caches=caches)
+        server.add_generic_rpc_handlers([handler(forward)])
+        return self._server(server, None)
+
+    def mesh_channel(self, port: int, me: str, callee: str, caches: bool) -> MeshChannel:
+        channel = MeshChannel(f"127.0.0.1:{port}", callee, self.ids[me], token_cache=caches)
+        self.stack.callback(channel.close)
+        return channel
+
+
+def run_cell(call: Callable[[], Any], threads: int, seconds: float, as_user: Any | None
+             ) -> dict[str, Any]:
+    stop = threading.Event()
+    start_gate = threading.Barrier(threads + 1)
+    lat: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        handle = enter_call(as_user) if as_user is not None else None
+        try:
+            for _ in range(20):  # warm-up: connections, caches
+                call()
+            start_gate.wait()
+            out = lat[i]
+            clock = time.perf_counter
+            while not stop.is_set():
+                t0 = clock()
+                call()
+                out.append(clock() - t0)
+        except BaseException as err:  # a benchmark that fails must say so
+            errors.append(err)
+            start_gate.abort()
+        finally:
+            if handle is not None:
+                leave_call(handle)
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    start_gate.wait()
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    time.sleep(seconds)
+    stop.set()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    if errors:
+        raise RuntimeError(f"calls failed during the benchmark: {errors[0]!r}")
+    return {"elapsed": elapsed, "cpu": cpu, "lat": [x for per in lat for x in per]}
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, float]:
+    all_lat = sorted(x for r in runs for x in r["lat"])
+    n = len(all_lat)
+    elapsed = sum(r["elapsed"] for r in runs)
+    cpu = sum(r["cpu"] for r in runs)
+    return {
+        "cpu_us_per_call": round(cpu / n * 1e6, 1),
+        "calls_per_s": round(n / elapsed, 1),
+        "p50_us": round(statistics.median(all_lat) * 1e6, 1),
+        "p99_us": round(all_lat[min(n - 1, int(n * 0.99))] * 1e6, 1),
+        "calls": n,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per cell")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
+    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    args = parser.parse_args(argv)
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshbench-")))
+        m = Mesh(tmp, stack)
+        user = m.user_chain
+
+        plain_orders = m.plain_server("orders")
+        plain = m.plain_channel(plain_orders, "gateway", "orders").unary_unary(METHOD)
+
+        warm = m.mesh_channel(m.mesh_server("orders", (("gateway",),), True), "gateway",
+                              "orders", True).unary_unary(METHOD)
+        cold = m.mesh_channel(m.mesh_server("orders", (("gateway",),), False), "gateway",
+                              "orders", False).unary_unary(METHOD)
+
+        plain_pay = m.plain_channel(m.plain_server("payments"), "orders", "payments")
+        plain_pay_call = plain_pay.unary_unary(METHOD)
+        plain_2hop = m.plain_channel(
+            m.plain_server("orders", lambda r: plain_pay_call(r, timeout=10)), "gateway",
+            "orders").unary_unary(METHOD)
+
+        mesh_pay = m.mesh_channel(m.mesh_server("payments", (("gateway", "orders"),), True),
+                                  "orders", "payments", True).unary_unary(METHOD)
+        mesh_2hop = m.mesh_channel(
+            m.mesh_server("orders", (("gateway",),), True, lambda r: mesh_pay(r, timeout=10)),
+            "gateway", "orders", True).unary_unary(METHOD)
+
+        cells: list[tuple[str, Callable[[], Any], Any]] = [
+            ("plain", lambda: plain(b"x", timeout=10), None),
+            ("mesh", lambda: warm(b"x", timeout=10), user),
+            ("mesh_nocache", lambda: cold(b"x", timeout=10), user),
+            ("plain_2hop", lambda: plain_2hop(b"x", timeout=10), None),
+            ("mesh_2hop", lambda: mesh_2hop(b"x", timeout=10), user),
+        ]
+        # Interleave the cells in rounds so that load from other processes drifting over the
+        # run hits every cell alike; each cell gets ``seconds`` in total.
+        for threads in THREADS:
+            parts: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(args.rounds):
+                for name, call, as_user in cells:
+                    parts.setdefault(name, []).append(
+                        run_cell(call, threads, args.seconds / args.rounds, as_user))
+            for name, runs in parts.items():
+                results.setdefault(name, {})[str(threads)] = merge(runs)
+
+    for name, per in results.items():
+        for threads, cell in per.items():
+            base = results["plain"][threads]["calls_per_s"]
+            cell["ratio"] = round(cell["calls_per_s"] / base, 3)
+            if name == "mesh_2hop":
+                cell["ratio_2hop"] = round(
+                    cell["calls_per_s"] / results["plain_2hop"][threads]["calls_per_s"], 3)
+
+    print(f"{'cell':<14}{'threads':>8}{'calls/s':>10}{'p50 us':>9}{'p99 us':>9}"
+          f"{'cpu us':>9}{'ratio':>8}")
+    for name, per in results.items():
+        for threads, c in per.items():
+            extra = f"  ({c['ratio_2hop']:.2f}x plain_2hop)" if "ratio_2hop" in c else ""
+            print(f"{name:<14}{threads:>8}{c['calls_per_s']:>10.0f}{c['p50_us']:>9.0f}"
+                  f"{c['p99_us']:>9.0f}{c['cpu_us_per_call']:>9.0f}{c['ratio']:>7.2f}x{extra}")
+    met = {t: results["mesh"][t]["ratio"] >= TARGET for t in results["mesh"]}
+    print(f"target: mesh >= {TARGET:.2f}x plain at 1 and 8 threads: "
+          + ", ".join(f"{t} thread(s) {'met' if ok else 'MISSED'}" for t, ok in met.items()))
+    if args.json:
+        print(json.dumps({"bench": "grpc_overhead", "seconds": args.seconds, "target": TARGET,
+                          "target_met": met, "results": results}, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""SVID sources, server set-up refusals, the audit log and the context variable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from mesh.audit import LOGGER_NAME
+from mesh.context import current_call
+from mesh.grpcerrors import InsecureServerError, ServerConfigError
+from mesh.policy import Policy, Rule
+from mesh.server import MeshServer
+from mesh.svid import (
+    StaticSvid,
+    SvidFileError,
+    SvidKeyMismatchError,
+    SvidNotSpiffeError,
+    X509SvidFolder,
+    build_svid,
+)
+
+UNARY = "/test.v1.Echo/Unary"
+ANY = Policy([Rule(methods=("*",), peers=("*",), require_user=False)])
+
+
+def test_folder_reloads_only_a_consistent_set(kit: Any) -> None:
+    source = kit.identity("orders", poll=0)
+    first = source.current()
+    assert first.spiffe_id == kit.td.service("orders") and first.generation == 0
+    assert source.current() is first  # unchanged files: same snapshot
+    renewed = kit.ca.renew("orders")
+    # a writer caught half-way: new certificate, old key
+    folder = kit.folder("orders")
+    (folder / "svid.pem").write_bytes(b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in renewed.chain))
+    assert source.current() is first  # key does not match: the old identity stays
+    renewed.write_to(folder)
+    second = source.current()
+    assert second.generation == 1 and second.thumbprint != first.thumbprint
+    assert second.leaf == renewed.certificate
+
+
+def test_folder_notifies_listeners_from_its_watcher(kit: Any) -> None:
+    source = kit.identity("orders", poll=0.01)
+    seen: list[int] = []
+    changed = threading.Event()
+    source.subscribe(lambda svid: (seen.append(svid.generation), changed.set()))
+    source.start()
+    try:
+        kit.rotate("orders")
+        assert changed.wait(5)
+    finally:
+        source.stop()
+    assert seen == [1]
+
+
+def test_folder_refuses_a_broken_first_load(kit: Any, tmp_path: Path) -> None:
+    with pytest.raises(SvidFileError, match="cannot stat"):
+        X509SvidFolder(tmp_path / "missing")
+    kit.identity("orders")
+    kit.identity("gateway")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name, src in (("svid.pem", "orders"), ("svid_key.pem", "gateway"),
+                      ("svid_bundle.pem", "orders")):
+        (mixed / name).write_bytes((kit.folder(src) / name).read_bytes())
+    with pytest.raises(SvidKeyMismatchError, match="does not belong"):
+        X509SvidFolder(mixed)
+    (mixed / "svid_key.pem").write_bytes(b"not a key")
+    with pytest.raises(SvidFileError, match="not an unencrypted PEM private key"):
+        X509SvidFolder(mixed)
+
+
+def test_build_svid_refuses_a_certificate_without_spiffe_id(kit: Any) -> None:
+    roots = kit.ca.roots_path.read_bytes()
+    # the CA root: right key type, but a CA with no service SPIFFE ID path... use its key
+    from ca.authority import CertificateAuthority  # noqa: F401  (tests may import ca)
+    issued = kit.ca.issue("orders")
+    key_pem = issued.private_key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption())
+    with pytest.raises(SvidFileError):
+        build_svid(b"garbage", key_pem, roots)
+    src = StaticSvid(issued.chain, issued.private_key, kit.ca.roots)
+    assert src.current().spiffe_id == kit.td.service("orders")
+    assert issubclass(SvidNotSpiffeError, Exception)
+
+
+def test_mesh_server_refuses_to_serve_without_mutual_tls(kit: Any) -> None:
+    server = MeshServer(kit.identity("orders"), ANY, kit.bundle)
+    with pytest.raises(InsecureServerError, match="plaintext"):
+        server.add_insecure_port("127.0.0.1:0")
+    with pytest.raises(InsecureServerError, match="did not build"):
+        server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+            [(b"k", b"c")]))
+    with pytest.raises(InsecureServerError, match="no port"):
+        server.start()
+
+
+def test_policy_for_another_trust_domain_is_refused(kit: Any) -> None:
+    with pytest.raises(ServerConfigError, match="trust domain"):
+        MeshServer(kit.identity("orders"), Policy([], trust_domain="other.td"), kit.bundle)
+
+
+def test_audit_line_per_decision_never_holds_a_token(kit: Any, as_user_call: Any,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+                                            scopes=("s",), name="scoped")]))
+    channel = kit.channel(port, "orders", kit.identity("gateway"))
+    token = kit.user_token("alice", scope="s")
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    with as_user_call("gateway", token):
+        channel.unary_unary(UNARY)(b"x", timeout=5)
+    with as_user_call("gateway", kit.user_token("bob")), pytest.raises(grpc.RpcError):
+        channel.unary_unary(UNARY)(b"x", timeout=5)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == LOGGER_NAME]
+    assert [(x["user"], x["decision"], x["reason"], x["rule"]) for x in lines] == [
+        ("alice", "allow", "ALLOWED", "scoped"), ("bob", "deny", "SCOPE_MISSING", "scoped")]
+    assert lines[0]["chain"] == ["spiffe://mesh.internal/svc/gateway"]
+    assert lines[0]["method"] == UNARY and isinstance(lines[0]["verify_us"], int)
+    text = caplog.text
+    assert "eyJ" not in text and token not in text  # no JWS, not even a header
+
+
+def test_context_is_cleared_outside_calls_and_survives_copy_context(kit: Any,
+                                                                   as_user_call: Any) -> None:
+    import contextvars
+
+    assert current_call() is None
+    with as_user_call("gateway", kit.user_token("alice")):
+        ctx = contextvars.copy_context()
+        seen: list[Any] = []
+        worker = threading.Thread(target=lambda: seen.append(current_call()))
+        worker.start()
+        worker.join()
+        copied = threading.Thread(target=lambda: seen.append(ctx.run(current_call)))
+        copied.start()
+        copied.join()
+    assert seen[0] is None and seen[1] is not None and seen[1].user == "alice"
+    assert current_call() is None
+
+
+def test_key_file_permissions_are_not_our_business_but_reading_is(kit: Any) -> None:
+    source = kit.identity("orders")
+    key = kit.folder("orders") / "svid_key.pem"
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert source.path == kit.folder("orders")
