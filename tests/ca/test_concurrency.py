@@ -88,14 +88,26 @@ def test_threads_sharing_and_not_sharing_a_ca(ca_factory) -> None:  # type: igno
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
 
+    victims = ca.issue_many([f"v{i}" for i in range(4)])
+
+    def revoker(i: int) -> None:
+        try:
+            with CertificateAuthority.open(ca.ca_dir) as mine:
+                mine.revoke(name=f"v{i}", reason="superseded")
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
     threads = [threading.Thread(target=shared, args=(i,)) for i in range(4)]
     threads += [threading.Thread(target=own, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=revoker, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
-    _assert_consistent(ca.ca_dir, 40)
+    records = _assert_consistent(ca.ca_dir, 44)
+    revoked = {r.serial for r in records if r.status == "revoked"}
+    assert revoked == {v.serial for v in victims}
 
 
 def test_readers_never_see_a_torn_file(ca_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
