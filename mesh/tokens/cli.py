@@ -151,6 +151,8 @@ def _verify(args: argparse.Namespace) -> int:
         _print_rejection(out, err, audience, peer_chain != ())
         return EXIT_REJECTED
     _print_chain(out, result, audience)
+    if args.crl is None:
+        print("  note: no --crl given, so revocation was not checked", file=out)
     return EXIT_OK
 
 

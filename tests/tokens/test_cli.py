@@ -63,6 +63,7 @@ def test_verify_in_a_subprocess(mesh: Any, tmp_path: Path) -> None:
     assert "iss spiffe://mesh.internal/svc/auth  aud spiffe://mesh.internal/svc/gateway  " \
            "sub alice  exp " in hop_lines[0]
     assert f"kid {mesh.kid('orders')}" in hop_lines[2]
+    assert len(hop_lines) == 3  # --crl given: no note about unchecked revocation
     for sig in _secrets_of(token):
         assert sig not in ok.stdout
     assert token.split(".")[1] not in ok.stdout
@@ -106,6 +107,7 @@ def test_edge_verify_and_rejection_at_an_inner_hop(
     out = capsys.readouterr().out
     assert out.startswith("VERIFIED for spiffe://mesh.internal/svc/gateway, at an edge port\n")
     assert "user alice, directly from the user token" in out
+    assert out.rstrip().endswith("note: no --crl given, so revocation was not checked")
 
     rogue = mesh.signers["inventory"].user_token("mallory", [mesh.id("gateway")])
     token = mesh.wrap(mesh.wrap(rogue, "gateway", "orders"), "orders", "payments")
