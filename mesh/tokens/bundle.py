@@ -163,13 +163,17 @@ def _utcnow() -> datetime:
 
 
 def _trust_domain_of(anchors: Sequence[x509.Certificate]) -> TrustDomain | None:
+    found: set[TrustDomain] = set()
     for anchor in anchors:
         for uri in uri_sans(anchor):
             try:
-                return SpiffeId.parse(uri).trust_domain
+                found.add(SpiffeId.parse(uri).trust_domain)
             except InvalidSpiffeIdError:
                 continue
-    return None
+    if len(found) > 1:
+        names = ", ".join(sorted(td.name for td in found))
+        raise BundleError(f"the bundle's anchors name several trust domains ({names})")
+    return found.pop() if found else None
 
 
 def _verify_leaf(
@@ -289,7 +293,10 @@ class FileBundleSource:
                 with self._lock:
                     if now - self._last_forced >= self._unknown_kid_interval:
                         self._last_forced = now
-                        self._reload_locked()
+                        # An entry refused at load may have been refused for time (a
+                        # certificate not valid yet under clock skew): re-validate it even if
+                        # the files did not change.
+                        self._reload_locked(force=kid in self._snap.rejected)
                 key = self._snap.keys.get(kid)
         return key
 
@@ -365,9 +372,9 @@ class FileBundleSource:
                     self._lock.release()
         return self._snap
 
-    def _reload_locked(self) -> bool:
+    def _reload_locked(self, *, force: bool = False) -> bool:
         ids = self._current_file_ids()
-        if ids == self._snap.file_ids:
+        if ids == self._snap.file_ids and not force:
             return False
         try:
             snap = self._load(ids)
