@@ -1,7 +1,9 @@
 """The CA part of the demo: a fresh CA, one X.509-SVID per demo service, a readable summary.
 
-Run by ./scripts/demo. Everything goes under ./demo-state/ (git-ignored; ``--state DIR`` picks
-another folder): the CA folder STATE/ca and the services' identity folders STATE/svids/NAME/.
+The CA-only demo (./scripts/demo now runs the whole mesh, which makes its own CA); run it
+with ``.venv/bin/python scripts/ca_demo.py``. Everything goes under ./demo-state/ (git-ignored;
+``--state DIR`` picks another folder): the CA folder STATE/ca and the services' identity
+folders STATE/svids/NAME/.
 Every step runs the real command (mesh-ca / ca-issue from .venv), exactly as a person would
 type it. Exits non-zero as soon as a step fails.
 """

@@ -1,4 +1,4 @@
-"""scripts/ca_demo.py (what ./scripts/demo runs) works end to end in a scratch state folder."""
+"""scripts/ca_demo.py (the CA-only demo) works end to end in a scratch state folder."""
 
 from __future__ import annotations
 
