@@ -103,9 +103,10 @@ def keep_running(stage: Stage, out: Out) -> None:
 
 
 def shut_down(stage: Stage, out: Out, report: Report) -> None:
-    out.section("5. Shutdown")
+    # Stop first, print after: output can fail (a closed pipe), stopping must not.
     children = stage.sup.children()
     stage.sup.stop_all()
+    out.section("5. Shutdown")
     alive = [c.name for c in children if c.alive()]
     strays = processes_mentioning(stage.state)
     row = report.add("5 clean shutdown", "no process left",

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,15 +62,26 @@ class Out:
 
     def __init__(self, stream: TextIO) -> None:
         self._s = stream
+        self._closed = False
+
+    def _write(self, text: str) -> None:
+        # A reader that went away (`| head`) must not stop the demo or its clean shutdown.
+        if self._closed:
+            return
+        try:
+            self._s.write(text)
+            self._s.flush()
+        except BrokenPipeError:
+            self._closed = True
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._s.fileno())
 
     def section(self, title: str) -> None:
-        self._s.write(f"\n== {title} " + "=" * max(3, 86 - len(title)) + "\n")
-        self._s.flush()
+        self._write(f"\n== {title} " + "=" * max(3, 86 - len(title)) + "\n")
 
     def line(self, text: str = "", indent: int = 0) -> None:
-        for part in text.splitlines() or [""]:
-            self._s.write(" " * indent + part + "\n")
-        self._s.flush()
+        self._write("".join(" " * indent + part + "\n" for part in text.splitlines() or [""]))
 
     def result(self, row: Row) -> None:
         mark = "ok  " if row.ok else "FAIL"
