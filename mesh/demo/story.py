@@ -285,6 +285,8 @@ class Story:
             stolen = self.signer("orders").app_asserted_token(hop1, td.service("inventory"))
             out.line("a) a token orders sent to inventory (alice's chain), replayed by reporting",
                      2)
+            out.line(f"the token nests 3 signatures (auth, gateway, orders): {len(token)} B -> "
+                     f"{len(hop1)} B -> {len(stolen)} B", 5)
             control = reserve_as("orders", stolen)
             out.line(f"control: the same token from orders' own connection is accepted "
                      f"(reservation {control.reservation_id})", 5)
