@@ -209,3 +209,18 @@ def test_concurrent_verification_while_the_bundle_changes(mesh: Any) -> None:
     assert errors == []
     assert results == ["alice"] * 160
     assert bundle.key_for(mesh.svids["auth"].thumbprint) is not None
+
+
+def test_a_peer_revoked_after_its_first_call_is_refused(mesh: Any) -> None:
+    bundle = mesh.bundle(check_interval=3600)
+    v = mesh.cached_verifier("orders", bundle=bundle)
+    token = mesh.chain("gateway", "orders")
+    assert v.check_peer(mesh.cert("gateway")) == mesh.id("gateway")
+    v.verify(token, mesh.cert("gateway"))  # the peer's chain check is now remembered
+    mesh.ca.revoke(name="gateway")
+    assert bundle.refresh()
+    with pytest.raises(E.CertificateRevoked) as info:
+        v.verify(token, mesh.cert("gateway"))
+    assert info.value.hop is None
+    with pytest.raises(E.CertificateRevoked):
+        v.check_peer(mesh.cert("gateway"))
