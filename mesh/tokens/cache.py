@@ -60,13 +60,16 @@ class VerifiedTokenCache:
         return len(self._entries)
 
     def get(self, digest: bytes) -> VerifiedToken | None:
+        # A miss (every new outer token) needs no lock: dict.get is atomic, and the counters are
+        # statistics, not decisions.
+        if digest not in self._entries:
+            self.misses += 1
+            return None
         with self._lock:
             entry = self._entries.get(digest)
-            if entry is None:
-                self.misses += 1
-                return None
-            if entry.claims.exp <= self._clock():
-                del self._entries[digest]
+            if entry is None or entry.claims.exp <= self._clock():
+                if entry is not None:
+                    del self._entries[digest]
                 self.misses += 1
                 return None
             self._entries.move_to_end(digest)

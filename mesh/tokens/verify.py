@@ -156,12 +156,16 @@ class ChainVerifier:
         self, peer_cert: x509.Certificate, intermediates: Sequence[x509.Certificate] = ()
     ) -> SpiffeId:
         """Rule 4.1 alone: the peer's certificate chains to the bundle, is valid and not revoked."""
-        return self._peer(peer_cert, intermediates, int(self._clock())).spiffe_id
+        now = int(self._clock())
+        return self._peer(peer_cert, intermediates, now, self.bundle.generation).spiffe_id
 
     def _peer(
-        self, cert: x509.Certificate, intermediates: Sequence[x509.Certificate], now: int
+        self,
+        cert: x509.Certificate,
+        intermediates: Sequence[x509.Certificate],
+        now: int,
+        generation: int,
     ) -> _Peer:
-        generation = self.bundle.generation
         peer = self._peers.get(cert)
         if peer is None or peer.generation != generation:
             # Chain building is costly; a peer's certificate is re-checked only when the bundle
@@ -208,7 +212,11 @@ class ChainVerifier:
         now = int(self._clock())
         generation = self.bundle.generation
         # rule 1
-        peer = self._peer(peer_cert, peer_intermediates, now) if peer_cert is not None else None
+        peer = (
+            self._peer(peer_cert, peer_intermediates, now, generation)
+            if peer_cert is not None
+            else None
+        )
         # rule 2 (size); depth is counted while decoding
         if not isinstance(token, str) or not token.isascii():
             raise TokenMalformed("a token must be ASCII text (a JWS compact serialisation)")
