@@ -126,3 +126,24 @@ def test_only_canonical_base64url_decodes(text: str) -> None:
         assert err.reason == "TOKEN_MALFORMED"
     else:
         assert _b64(raw) == text
+
+
+@fixture_ok(150)
+@given(data=st.data())
+def test_any_one_character_change_to_a_valid_chain_is_rejected(mesh: Any, data: Any) -> None:
+    """With the verified chain in the cache, a token differing in any one character (of any
+    layer, since inner layers are characters of the outer one too) is still rejected."""
+    verifier = mesh.cached_verifier("payments")
+    token = mesh.chain("gateway", "orders", "payments")
+    verifier.verify(token, mesh.cert("orders"))
+    index = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+    char = data.draw(st.sampled_from(alphabet).filter(lambda c: c != token[index]))
+    mutated = token[:index] + char + token[index + 1:]
+    try:
+        verifier.verify(mutated, mesh.cert("orders"))
+    except TokenError:
+        pass
+    else:
+        raise AssertionError(f"a token changed at {index} verified")
+    assert verifier.verify(token, mesh.cert("orders")).user == "alice"
