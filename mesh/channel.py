@@ -129,7 +129,7 @@ class MeshChannel(grpc.Channel):
         _log.info("channel to %s: new certificate (generation %d), old channel drains",
                   self._settings.callee, svid.generation)
         if old.inflight == 0:
-            old.raw.close()
+            _close_soon(old.raw)
         elif self._grace is not None:
             timer = threading.Timer(self._grace, old.raw.close)
             timer.daemon = True
@@ -141,7 +141,7 @@ class MeshChannel(grpc.Channel):
             entry.inflight -= 1
             close = entry.retired and entry.inflight == 0
         if close:
-            entry.raw.close()
+            _close_soon(entry.raw)
 
     @staticmethod
     def _multicallable(entry: _Entry, spec: tuple[str, str, dict[str, Any]]) -> Any:
@@ -224,6 +224,12 @@ class MeshChannel(grpc.Channel):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_soon(channel: grpc.Channel) -> None:
+    # Never inline: we may be in a done-callback on the channel's own event thread, and
+    # close() waits for that thread to finish (a deadlock).
+    threading.Thread(target=channel.close, name="mesh-channel-close", daemon=True).start()
 
 
 _CALL_ARGS = ("timeout", "metadata", "credentials", "wait_for_ready", "compression")

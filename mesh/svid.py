@@ -171,6 +171,7 @@ class X509SvidFolder:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._next_check = 0.0
+        self._bad_fp: tuple[tuple[int, int, int, int], ...] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         fp = self._fingerprints()
@@ -213,13 +214,15 @@ class X509SvidFolder:
             except SvidError as err:
                 _log.warning("SVID reload skipped: %s", err)
                 return False
-            if fp == self._fp:
+            if fp in (self._fp, self._bad_fp):
                 return False
             try:
                 new = self._load(self._svid.generation + 1)
             except SvidError as err:
-                # Likely caught mid-rotation; keep serving the old identity and try again.
+                # Likely caught mid-rotation: keep serving the old identity, and look again
+                # once the files change (a writer finishing changes them; no log flood).
                 _log.warning("SVID reload deferred, keeping the current identity: %s", err)
+                self._bad_fp = fp
                 return False
             if fp != self._fingerprints():
                 return False  # changed while we read: read again next time

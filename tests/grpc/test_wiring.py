@@ -153,3 +153,25 @@ def test_aio_channel_follows_rotation(kit: Any) -> None:
     assert before["chain"] == after["chain"] == ["gateway"]
     assert gateway.current().generation == 1
     kit.aio.run(channel.close())
+
+
+def test_client_interceptor_on_a_channel_you_build(kit: Any, as_user_call: Any) -> None:
+    from mesh.interceptors.client_sync import MeshClientInterceptor
+    from mesh.interceptors.minter import TokenMinter
+
+    port = kit.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),))]))
+    gateway = kit.identity("gateway")
+    folder = kit.folder("gateway")
+    creds = grpc.ssl_channel_credentials((folder / "svid_bundle.pem").read_bytes(),
+                                         (folder / "svid_key.pem").read_bytes(),
+                                         (folder / "svid.pem").read_bytes())
+    raw = grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[
+        ("grpc.ssl_target_name_override", "orders.svc.mesh.internal")])
+    minter = TokenMinter(gateway.current(), kit.td.service("orders"))
+    channel = grpc.intercept_channel(raw, MeshClientInterceptor(minter))
+    with as_user_call("gateway", kit.user_token("carol")):
+        seen = json.loads(channel.unary_unary(SVC + "Unary")(b"x", timeout=5))
+        streamed = [json.loads(m) for m in channel.unary_stream(SVC + "ServerStream")(
+            b"x", timeout=5)]
+    assert seen["user"] == "carol" and {m["user"] for m in streamed} == {"carol"}
+    raw.close()
