@@ -286,6 +286,8 @@ def parse_policy(text: str, *, source: str = "<policy>",
     rules: list[Rule] = []
     for index, raw in enumerate(raw_rules):
         label = f"rule at line {lines.rule(index) or '?'}"
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"]:
+            label = f"rule {raw['name']!r} (line {lines.rule(index) or '?'})"
         if not isinstance(raw, dict):
             raise PolicyFileError(source, lines.rule(index), f"{label} is not a table")
         try:

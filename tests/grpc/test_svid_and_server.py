@@ -79,19 +79,35 @@ def test_folder_refuses_a_broken_first_load(kit: Any, tmp_path: Path) -> None:
         X509SvidFolder(mixed)
 
 
-def test_build_svid_refuses_a_certificate_without_spiffe_id(kit: Any) -> None:
+def test_build_svid_refuses_garbage_and_a_certificate_without_spiffe_id(kit: Any) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     roots = kit.ca.roots_path.read_bytes()
-    # the CA root: right key type, but a CA with no service SPIFFE ID path... use its key
-    from ca.authority import CertificateAuthority  # noqa: F401  (tests may import ca)
     issued = kit.ca.issue("orders")
-    key_pem = issued.private_key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
+    pem = serialization.Encoding.PEM
+    key_pem = issued.private_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption())
-    with pytest.raises(SvidFileError):
+    with pytest.raises(SvidFileError, match="no readable certificate"):
         build_svid(b"garbage", key_pem, roots)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orders")])
+    now = datetime.datetime.now(datetime.UTC)
+    plain = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+             .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+             .not_valid_after(now + datetime.timedelta(hours=1))
+             .add_extension(x509.SubjectAlternativeName([x509.DNSName("orders.svc.x")]), False)
+             .sign(key, hashes.SHA256()))
+    with pytest.raises(SvidNotSpiffeError, match=r"not an X\.509-SVID"):
+        build_svid(plain.public_bytes(pem), key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), roots)
     src = StaticSvid(issued.chain, issued.private_key, kit.ca.roots)
     assert src.current().spiffe_id == kit.td.service("orders")
-    assert issubclass(SvidNotSpiffeError, Exception)
+    assert src.current().leaf == issued.certificate
 
 
 def test_mesh_server_refuses_to_serve_without_mutual_tls(kit: Any) -> None:
