@@ -151,7 +151,13 @@ def run_cell(call: Callable[[], Any], threads: int, seconds: float, as_user: Any
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for w in workers:
         w.start()
-    start_gate.wait()
+    try:
+        start_gate.wait()
+    except threading.BrokenBarrierError:
+        stop.set()
+        for w in workers:
+            w.join()
+        raise RuntimeError(f"calls failed during warm-up: {errors[0]!r}") from None
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     time.sleep(seconds)

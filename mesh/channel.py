@@ -80,9 +80,20 @@ class _Entry:
         # interceptor machinery alone costs ~10-20% of a loopback call at 8 threads.
         self.minter = settings.minter(svid)
         self.channel = grpc.intercept_channel(self.raw, *extra) if extra else self.raw
-        self.inflight = 0
+        # In-flight calls as list entries: append/pop are atomic under the GIL, so the per-call
+        # path takes no lock (a contended lock cost ~5% at 8 client threads).
+        self.inflight: list[None] = []
         self.retired = False
+        self._closed = False
+        self._close_lock = threading.Lock()
         self.callables: dict[int, tuple[Any, Any]] = {}
+
+    def close_once(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _close_soon(self.raw)
 
 
 class MeshChannel(grpc.Channel):
@@ -112,36 +123,43 @@ class MeshChannel(grpc.Channel):
         return self._entry.generation
 
     def _acquire(self) -> _Entry:
-        svid = self._settings.source.current()
-        with self._lock:
+        while True:
             if self._closed:
                 raise ValueError("the channel is closed")
             entry = self._entry
-            if svid.generation != entry.generation:
-                entry = self._rotate(svid)
-            entry.inflight += 1
-            return entry
+            if self._settings.source.current().generation != entry.generation:
+                with self._lock:
+                    entry = self._rotate()
+            entry.inflight.append(None)
+            # A rotation may have retired this entry between the read and the append; its
+            # closer saw no call of ours, so back off and take the new entry instead.
+            if not entry.retired:
+                return entry
+            self._release(entry)
 
-    def _rotate(self, svid: Svid) -> _Entry:
+    def _rotate(self) -> _Entry:
+        """Swap in a channel for the current SVID (caller holds ``self._lock``)."""
         old = self._entry
+        svid = self._settings.source.current()
+        if old.generation == svid.generation:
+            return old  # another thread rotated already
         self._entry = _Entry(self._settings, svid, self._extra)
         old.retired = True
         _log.info("channel to %s: new certificate (generation %d), old channel drains",
                   self._settings.callee, svid.generation)
-        if old.inflight == 0:
-            _close_soon(old.raw)
+        if not old.inflight:
+            old.close_once()
         elif self._grace is not None:
-            timer = threading.Timer(self._grace, old.raw.close)
+            timer = threading.Timer(self._grace, old.close_once)
             timer.daemon = True
             timer.start()
         return self._entry
 
-    def _release(self, entry: _Entry) -> None:
-        with self._lock:
-            entry.inflight -= 1
-            close = entry.retired and entry.inflight == 0
-        if close:
-            _close_soon(entry.raw)
+    @staticmethod
+    def _release(entry: _Entry) -> None:
+        entry.inflight.pop()
+        if entry.retired and not entry.inflight:
+            entry.close_once()
 
     @staticmethod
     def _multicallable(entry: _Entry, spec: tuple[str, str, dict[str, Any]]) -> Any:
@@ -217,7 +235,7 @@ class MeshChannel(grpc.Channel):
         with self._lock:
             self._closed = True
             entry = self._entry
-        entry.raw.close()
+        entry.raw.close()  # cancels its calls, like grpc.Channel.close()
 
     def __enter__(self) -> MeshChannel:
         return self

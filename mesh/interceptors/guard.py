@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -20,7 +20,7 @@ from cryptography import x509
 
 from mesh.audit import AuditLog
 from mesh.errors import MeshError
-from mesh.policy import Policy
+from mesh.policy import Decision, Policy
 from mesh.spiffeid import SpiffeId
 from mesh.status import code_for, rejection
 from mesh.tokens.bundle import BundleSource
@@ -58,6 +58,15 @@ class PeerInfo:
     thumbprint: str
     pem: bytes
     not_after: float
+
+
+@dataclass(slots=True)
+class _Verified:
+    """A verified chain, the bundle generation it was verified under, decisions made for it."""
+
+    chain: VerifiedChain
+    generation: int
+    decisions: dict[str, Decision] = field(default_factory=dict)
 
 
 class _PeerCache:
@@ -114,8 +123,8 @@ class CallGuard:
         # (token, peer PEM) -> (chain, bundle generation). A hit skips the verifier only while
         # nothing it depended on can have changed: same bytes from the same certificate, the
         # same bundle/CRL generation, and before the chain's earliest exp (no leeway). The
-        # policy still decides every call.
-        self._calls: dict[tuple[str, bytes | None], tuple[VerifiedChain, int]] | None = (
+        # policy's decision is remembered per method for that chain (the policy is immutable).
+        self._calls: dict[tuple[str, bytes | None], _Verified] | None = (
             {} if call_cache_size > 0 else None
         )
         self._calls_max = call_cache_size
@@ -130,23 +139,34 @@ class CallGuard:
         return Rejected(rejection(code, message, reason, service=str(self.own_id),
                                   method=method, extra=extra), reason)
 
-    def _verify(self, token: str, peer: PeerInfo | None) -> VerifiedChain:
+    def _verify(self, token: str, peer: PeerInfo | None) -> _Verified:
         cache = self._calls
         if cache is None:
-            return self._verifier.verify(token, peer.certificate if peer else None)
+            return _Verified(self._verifier.verify(token, peer.certificate if peer else None), 0)
         key = (token, peer.pem if peer else None)
         generation = self._bundle.generation
         hit = cache.get(key)
         now = time.time()
-        if (hit is not None and hit[1] == generation and now < hit[0].expires_at
+        if (hit is not None and hit.generation == generation and now < hit.chain.expires_at
                 and (peer is None or now < peer.not_after)):
-            return hit[0]
-        chain = self._verifier.verify(token, peer.certificate if peer else None)
+            return hit
+        entry = _Verified(self._verifier.verify(token, peer.certificate if peer else None),
+                          generation)
         with self._calls_lock:
             if len(cache) >= self._calls_max:
                 cache.clear()
-            cache[key] = (chain, generation)
-        return chain
+            cache[key] = entry
+        return entry
+
+    def _decide(self, method: str, verified: _Verified) -> Decision:
+        # The policy is immutable and decides from (method, chain) alone, so a decision can be
+        # remembered with the verified chain it was made for.
+        decision = verified.decisions.get(method) if self._calls is not None else None
+        if decision is None:
+            decision = self._policy.decide(method, verified.chain)
+            if self._calls is not None and len(verified.decisions) < 64:
+                verified.decisions[method] = decision
+        return decision
 
     def peer(self, auth_context: Mapping[str, Any]) -> PeerInfo:
         """The mutual-TLS peer's certificate, parsed once per distinct certificate.
@@ -192,7 +212,7 @@ class CallGuard:
                     self._verifier.check_peer(peer.certificate)
                 return None
             token = bearer_token(metadata)
-            chain = self._verify(token, peer)
+            verified = self._verify(token, peer)
         except TokenError as err:
             self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=None,
                                chain=(), allowed=False, reason=err.reason, rule=None,
@@ -209,7 +229,8 @@ class CallGuard:
             raise self._reject(method, grpc.StatusCode.INTERNAL,
                                "the call could not be verified because of an internal error "
                                "at the called service; it was refused", VERIFIER_FAILED) from None
-        decision = self._policy.decide(method, chain)
+        chain = verified.chain
+        decision = self._decide(method, verified)
         self._audit.record(method=method, peer=chain.peer, user=chain.user, chain=chain.chain,
                            allowed=decision.allowed, reason=decision.reason, rule=decision.rule,
                            verify_us=(time.perf_counter_ns() - start) // 1000)
