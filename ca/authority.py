@@ -577,9 +577,12 @@ class CertificateAuthority:
                 try:
                     with self._registry.transaction():
                         result = apply()
+                        # The bundle goes into place before the SVID files: a service that
+                        # picks up its new key must never sign with a kid verifiers cannot
+                        # find yet (files are replaced in the order they were staged).
+                        self._stage_publication(staged, now)
                         if outputs is not None:
                             outputs(staged)
-                        self._stage_publication(staged, now)
                 except sqlite3.IntegrityError as err:
                     raise CAError(
                         "the registry refused the change (duplicate serial or thumbprint); "

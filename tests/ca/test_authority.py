@@ -202,3 +202,20 @@ def test_not_before_in_the_past_makes_an_expired_certificate(
     assert [r.state(int(datetime.now(UTC).timestamp())) for r in mesh_ca.records()] == ["expired"]
     doc = json.loads(mesh_ca.bundle_path.read_text())
     assert svid.thumbprint not in {k.get("kid") for k in doc["keys"]}
+
+
+def test_bundle_is_published_before_the_svid_files(mesh_ca, tmp_path, monkeypatch) -> None:
+    """A service reloading its new key must find that key's kid in the bundle already."""
+    import ca.fsio
+
+    replaced: list[str] = []
+    real_replace = ca.fsio.os.replace
+
+    def recording_replace(src, dst):
+        replaced.append(Path(dst).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ca.fsio.os, "replace", recording_replace)
+    mesh_ca.issue("orders", out_dir=tmp_path)
+    assert replaced.index("bundle.spiffe.json") < replaced.index("svid_key.pem")
+    assert replaced.index("bundle.spiffe.json") < replaced.index("svid.pem")
