@@ -14,8 +14,9 @@ Cells:
 - ``plain_2hop`` / ``mesh_2hop``: client -> orders -> payments, orders' handler calling on
   (meshid: the user and chain propagate with no handler code).
 
-``cpu us`` is this process's CPU time per call (client and server together, all threads):
-unlike calls/s it does not move when other programs load the machine.
+The servers run in a child process (as in a deployment, client and server do not share a
+GIL). ``cpu us`` is the CPU time per call of both processes together: it moves less than
+calls/s when other programs load the machine.
 
 Ratios are to ``plain`` at the same thread count (the 2-hop rows also to ``plain_2hop``).
 Target (issue 4): ``mesh`` >= 0.90x of ``plain`` at both thread counts. ``--json`` prints the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -63,22 +65,37 @@ def handler(forward: Callable[[bytes], bytes] | None) -> grpc.GenericRpcHandler:
 
 
 class Mesh:
+    """Identities, trust bundle and server/channel builders rooted in one folder.
+
+    The parent creates the CA and the files (``create``); the server process opens the same
+    folder without the CA, as a service would.
+    """
+
     def __init__(self, root: Path, stack: ExitStack) -> None:
         self.root = root
         self.stack = stack
-        self.ca = CertificateAuthority.init(root / "ca")
-        stack.callback(self.ca.close)
-        for name in ("auth", "gateway", "orders", "payments"):
-            self.ca.issue(name).write_to(root / name)
         self.ids = {n: X509SvidFolder(root / n) for n in ("gateway", "orders", "payments")}
-        self.bundle = FileBundleSource(self.ca.bundle_path, self.ca.crl_path)
-        auth = self.ca.issue("auth")
-        assert auth.private_key is not None
-        td = self.ca.trust_domain
-        self.user_token = TokenSigner(auth.private_key, auth.chain).user_token(
-            "alice", [td.service("gateway")], scope="orders", ttl=3600)
-        self.user_chain = ChainVerifier(td.service("gateway"), self.bundle).verify(
-            self.user_token, None)
+        self.bundle = FileBundleSource(root / "ca" / "bundle.spiffe.json",
+                                       root / "ca" / "crl.pem")
+
+    @staticmethod
+    def create(root: Path) -> str:
+        """Make the CA and identities; return a user token for gateway (scope ``orders``)."""
+        ca = CertificateAuthority.init(root / "ca")
+        try:
+            for name in ("gateway", "orders", "payments"):
+                ca.issue(name).write_to(root / name)
+            auth = ca.issue("auth")
+            assert auth.private_key is not None
+            return TokenSigner(auth.private_key, auth.chain).user_token(
+                "alice", [ca.trust_domain.service("gateway")], scope="orders", ttl=3600)
+        finally:
+            ca.close()
+
+    def user_chain(self, token: str) -> Any:
+        """The verified user call, as gateway's edge port would see it."""
+        gateway = self.ids["gateway"].current().spiffe_id
+        return ChainVerifier(gateway, self.bundle).verify(token, None)
 
     def pem(self, name: str) -> tuple[bytes, bytes, bytes]:
         d = self.root / name
@@ -121,9 +138,40 @@ class Mesh:
         self.stack.callback(channel.close)
         return channel
 
+    def start_servers(self) -> dict[str, int]:
+        """Every server the cells call; 2-hop servers forward to payments from their handler."""
+        ports = {
+            "plain": self.plain_server("orders"),
+            "mesh": self.mesh_server("orders", (("gateway",),), True),
+            "mesh_nocache": self.mesh_server("orders", (("gateway",),), False),
+        }
+        plain_pay = self.plain_channel(self.plain_server("payments"), "orders", "payments")
+        plain_pay_call = plain_pay.unary_unary(METHOD)
+        ports["plain_2hop"] = self.plain_server(
+            "orders", lambda r: plain_pay_call(r, timeout=10))
+        mesh_pay = self.mesh_channel(
+            self.mesh_server("payments", (("gateway", "orders"),), True), "orders", "payments",
+            True).unary_unary(METHOD)
+        ports["mesh_2hop"] = self.mesh_server(
+            "orders", (("gateway",),), True, lambda r: mesh_pay(r, timeout=10))
+        return ports
 
-def run_cell(call: Callable[[], Any], threads: int, seconds: float, as_user: Any | None
-             ) -> dict[str, Any]:
+
+def serve(root: str, conn: Any) -> None:
+    """Server process: start every server, send the ports, answer CPU-time queries."""
+    with ExitStack() as stack:
+        mesh = Mesh(Path(root), stack)
+        conn.send(mesh.start_servers())
+        while True:
+            command = conn.recv()
+            if command == "cpu":
+                conn.send(time.process_time())
+            else:
+                break
+
+
+def run_cell(call: Callable[[], Any], threads: int, seconds: float, as_user: Any | None,
+             server_cpu: Callable[[], float]) -> dict[str, Any]:
     stop = threading.Event()
     start_gate = threading.Barrier(threads + 1)
     lat: list[list[float]] = [[] for _ in range(threads)]
@@ -159,13 +207,13 @@ def run_cell(call: Callable[[], Any], threads: int, seconds: float, as_user: Any
             w.join()
         raise RuntimeError(f"calls failed during warm-up: {errors[0]!r}") from None
     t0 = time.perf_counter()
-    cpu0 = time.process_time()
+    cpu0 = time.process_time() + server_cpu()
     time.sleep(seconds)
     stop.set()
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
+    cpu = time.process_time() + server_cpu() - cpu0
     if errors:
         raise RuntimeError(f"calls failed during the benchmark: {errors[0]!r}")
     return {"elapsed": elapsed, "cpu": cpu, "lat": [x for per in lat for x in per]}
@@ -195,29 +243,33 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshbench-")))
+        token = Mesh.create(tmp)
         m = Mesh(tmp, stack)
-        user = m.user_chain
+        user = m.user_chain(token)
+        # Servers in their own process, as in a deployment: client and server do not share a
+        # GIL. "cpu us" adds both processes' CPU time.
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=serve, args=(str(tmp), child), daemon=True)
+        proc.start()
+        stack.callback(proc.join, 10)
+        stack.callback(parent.send, "stop")
+        ports = parent.recv()
 
-        plain_orders = m.plain_server("orders")
-        plain = m.plain_channel(plain_orders, "gateway", "orders").unary_unary(METHOD)
+        def server_cpu() -> float:
+            parent.send("cpu")
+            value: float = parent.recv()
+            return value
 
-        warm = m.mesh_channel(m.mesh_server("orders", (("gateway",),), True), "gateway",
-                              "orders", True).unary_unary(METHOD)
-        cold = m.mesh_channel(m.mesh_server("orders", (("gateway",),), False), "gateway",
-                              "orders", False).unary_unary(METHOD)
+        def chan(name: str, callee: str, mesh: bool, caches: bool = True) -> Any:
+            if mesh:
+                return m.mesh_channel(ports[name], "gateway", callee, caches).unary_unary(METHOD)
+            return m.plain_channel(ports[name], "gateway", callee).unary_unary(METHOD)
 
-        plain_pay = m.plain_channel(m.plain_server("payments"), "orders", "payments")
-        plain_pay_call = plain_pay.unary_unary(METHOD)
-        plain_2hop = m.plain_channel(
-            m.plain_server("orders", lambda r: plain_pay_call(r, timeout=10)), "gateway",
-            "orders").unary_unary(METHOD)
-
-        mesh_pay = m.mesh_channel(m.mesh_server("payments", (("gateway", "orders"),), True),
-                                  "orders", "payments", True).unary_unary(METHOD)
-        mesh_2hop = m.mesh_channel(
-            m.mesh_server("orders", (("gateway",),), True, lambda r: mesh_pay(r, timeout=10)),
-            "gateway", "orders", True).unary_unary(METHOD)
-
+        plain, warm = chan("plain", "orders", False), chan("mesh", "orders", True)
+        cold = chan("mesh_nocache", "orders", True, caches=False)
+        plain_2hop, mesh_2hop = chan("plain_2hop", "orders", False), chan("mesh_2hop", "orders",
+                                                                          True)
         cells: list[tuple[str, Callable[[], Any], Any]] = [
             ("plain", lambda: plain(b"x", timeout=10), None),
             ("mesh", lambda: warm(b"x", timeout=10), user),
@@ -231,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             parts: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
                 for name, call, as_user in cells:
-                    parts.setdefault(name, []).append(
-                        run_cell(call, threads, args.seconds / args.rounds, as_user))
+                    parts.setdefault(name, []).append(run_cell(
+                        call, threads, args.seconds / args.rounds, as_user, server_cpu))
             for name, runs in parts.items():
                 results.setdefault(name, {})[str(threads)] = merge(runs)
 
