@@ -86,7 +86,7 @@ class _Entry:
         self.retired = False
         self._closed = False
         self._close_lock = threading.Lock()
-        self.callables: dict[int, tuple[Any, Any]] = {}
+        self.callables: dict[tuple[Any, ...], Any] = {}
 
     def close_once(self) -> None:
         with self._close_lock:
@@ -162,16 +162,16 @@ class MeshChannel(grpc.Channel):
             entry.close_once()
 
     @staticmethod
-    def _multicallable(entry: _Entry, spec: tuple[str, str, dict[str, Any]]) -> Any:
-        # keyed by the spec object: one per multicallable the caller holds (stubs keep theirs)
-        mc = entry.callables.get(id(spec))
-        if mc is None or mc[0] is not spec:
-            kind, method, kwargs = spec
-            mc = (spec, getattr(entry.channel, kind)(method, **kwargs))
-            entry.callables[id(spec)] = mc
-        return mc[1]
+    def _multicallable(entry: _Entry, spec: _Spec) -> Any:
+        # One underlying multicallable per (kind, method, serializers) and channel, however
+        # many times the caller asks for the same method.
+        mc = entry.callables.get(spec.key)
+        if mc is None:
+            mc = getattr(entry.channel, spec.kind)(spec.method, **spec.kwargs)
+            entry.callables[spec.key] = mc
+        return mc
 
-    def _invoke(self, spec: tuple[str, str, dict[str, Any]], attr: str, args: tuple[Any, ...],
+    def _invoke(self, spec: _Spec, attr: str, args: tuple[Any, ...],
                 call_kwargs: dict[str, Any], *, blocking: bool) -> Any:
         entry = self._acquire()
         try:
@@ -253,6 +253,17 @@ def _close_soon(channel: grpc.Channel) -> None:
 _CALL_ARGS = ("timeout", "metadata", "credentials", "wait_for_ready", "compression")
 
 
+class _Spec:
+    """What a multicallable was asked for; ``key`` holds the serializers themselves."""
+
+    __slots__ = ("key", "kind", "kwargs", "method")
+
+    def __init__(self, kind: str, method: str, kwargs: dict[str, Any]) -> None:
+        self.kind, self.method, self.kwargs = kind, method, kwargs
+        self.key = (kind, method, kwargs.get("request_serializer"),
+                    kwargs.get("response_deserializer"), kwargs.get("_registered_method"))
+
+
 def _kwargs(ser: Any, deser: Any, registered: bool | None) -> dict[str, Any]:
     out: dict[str, Any] = {"request_serializer": ser, "response_deserializer": deser}
     if registered:
@@ -265,7 +276,7 @@ class _UnaryResponse:
 
     def __init__(self, channel: MeshChannel, kind: str, method: str, kwargs: dict[str, Any]
                  ) -> None:
-        self._c, self._spec = channel, (kind, method, kwargs)
+        self._c, self._spec = channel, _Spec(kind, method, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._c._invoke(self._spec, "__call__", args, kwargs,
@@ -283,7 +294,7 @@ class _UnaryResponse:
 class _StreamResponse:
     def __init__(self, channel: MeshChannel, kind: str, method: str, kwargs: dict[str, Any]
                  ) -> None:
-        self._c, self._spec = channel, (kind, method, kwargs)
+        self._c, self._spec = channel, _Spec(kind, method, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._c._invoke(self._spec, "__call__", args, kwargs,
@@ -335,22 +346,20 @@ class AioMeshChannel:
             task.add_done_callback(self._draining.discard)
         return self._channel
 
-    def _call(self, kind: str, method: str, kwargs: dict[str, Any], args: tuple[Any, ...],
-              call_kwargs: dict[str, Any]) -> Any:
+    def _call(self, spec: _Spec, args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> Any:
         channel = self._current()
-        key = (kind, method, *sorted((k, id(v)) for k, v in kwargs.items()))
-        mc = self._callables.get(key)
+        mc = self._callables.get(spec.key)
         if mc is None:
-            mc = getattr(channel, kind)(method, **kwargs)
-            self._callables[key] = mc
+            mc = getattr(channel, spec.kind)(spec.method, **spec.kwargs)
+            self._callables[spec.key] = mc
         return mc(*args, **call_kwargs)
 
     def _factory(self, kind: str, method: str, ser: Any, deser: Any, registered: bool | None
                  ) -> Callable[..., Any]:
-        kwargs = _kwargs(ser, deser, registered)
+        spec = _Spec(kind, method, _kwargs(ser, deser, registered))
 
         def call(*args: Any, **call_kwargs: Any) -> Any:
-            return self._call(kind, method, kwargs, args, call_kwargs)
+            return self._call(spec, args, call_kwargs)
 
         return call
 

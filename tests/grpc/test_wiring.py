@@ -175,3 +175,12 @@ def test_client_interceptor_on_a_channel_you_build(kit: Any, as_user_call: Any) 
             b"x", timeout=5)]
     assert seen["user"] == "carol" and {m["user"] for m in streamed} == {"carol"}
     raw.close()
+
+
+def test_asking_for_the_same_method_again_reuses_one_underlying_multicallable(kit: Any) -> None:
+    port = kit.serve("orders", ANY_APP)
+    channel = kit.channel(port, "orders", kit.identity("gateway"))
+    for _ in range(20):
+        channel.unary_unary(SVC + "Unary")(b"x", timeout=5)
+    channel.unary_stream(SVC + "ServerStream")
+    assert len(channel._entry.callables) == 1  # no growth per multicallable asked for
