@@ -126,6 +126,7 @@ class Policy:
                  trust_domain: TrustDomain | str = DEFAULT_TRUST_DOMAIN) -> None:
         td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain(trust_domain)
         self.trust_domain = td
+        self._deny_all = False
         self._rules: dict[str, _Compiled] = {}
         for index, rule in enumerate(rules, start=1):
             compiled = self._compile(td, rule, index)
@@ -139,6 +140,22 @@ class Policy:
                         f"{self._rules[pattern].name}"
                     )
                 self._rules[pattern] = compiled
+
+    @classmethod
+    def deny_all(cls, *, trust_domain: TrustDomain | str = DEFAULT_TRUST_DOMAIN) -> Policy:
+        """A policy that refuses every token call, said on purpose (no rule at all).
+
+        For a port that serves only health checks and :class:`~mesh.server.MeshServer`'s
+        ``tokenless_methods``; its denials name ``deny_all`` as the rule.
+        """
+        policy = cls([], trust_domain=trust_domain)
+        policy._deny_all = True
+        return policy
+
+    @property
+    def denies_all(self) -> bool:
+        """True for :meth:`deny_all` (and ``deny_all = true`` in TOML)."""
+        return self._deny_all
 
     @staticmethod
     def _compile(td: TrustDomain, rule: Rule, index: int) -> _Compiled:
@@ -180,6 +197,10 @@ class Policy:
     def decide(self, method: str, call: CallFacts) -> Decision:
         rule = self._lookup(method)
         if rule is None:
+            if self._deny_all:
+                return Decision(False, NO_POLICY_RULE, "deny_all",
+                                f"this service's policy denies every call (deny_all), {method} "
+                                "included")
             return Decision(False, NO_POLICY_RULE, "default deny",
                             f"no policy rule covers {method}; calls are denied by default")
         if rule.peers and call.peer not in rule.peers:
@@ -215,7 +236,7 @@ class Policy:
 
 _RULE_KEYS = {"name", "methods", "peers", "chains", "require_user", "allow_app_tokens",
               "scopes", "roles"}
-_TOP_KEYS = {"trust_domain", "rule"}
+_TOP_KEYS = {"trust_domain", "deny_all", "rule"}
 _HEADER_RE = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 
 
@@ -272,17 +293,27 @@ def parse_policy(text: str, *, source: str = "<policy>",
     for key in doc:
         if key not in _TOP_KEYS:
             raise PolicyFileError(source, lines.key(None, key),
-                                  f"unknown key {key!r}; expected trust_domain and [[rule]] tables")
+                                  f"unknown key {key!r}; expected trust_domain, deny_all and "
+                                  "[[rule]] tables")
     td_value = doc.get("trust_domain", trust_domain or DEFAULT_TRUST_DOMAIN)
     try:
         td = td_value if isinstance(td_value, TrustDomain) else TrustDomain(td_value)
     except MeshError as err:
         raise PolicyFileError(source, lines.key(None, "trust_domain"), str(err)) from err
     raw_rules = doc.get("rule", [])
+    deny_all = doc.get("deny_all", False)
+    if not isinstance(deny_all, bool):
+        raise PolicyFileError(source, lines.key(None, "deny_all"), "deny_all must be true or false")
+    if deny_all:
+        if raw_rules:
+            raise PolicyFileError(source, lines.key(None, "deny_all"),
+                                  "deny_all = true refuses every call, yet the file has "
+                                  "[[rule]] tables; remove one or the other")
+        return Policy.deny_all(trust_domain=td)
     if not isinstance(raw_rules, list) or not raw_rules:
         raise PolicyFileError(source, None,
                               "the policy has no [[rule]] table; with default deny it would "
-                              "refuse every call")
+                              "refuse every call (write deny_all = true if that is the intent)")
     rules: list[Rule] = []
     for index, raw in enumerate(raw_rules):
         label = f"rule at line {lines.rule(index) or '?'}"

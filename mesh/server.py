@@ -8,11 +8,15 @@ foreign credentials are refused, and ``start()`` refuses a server with no port. 
 (DESIGN 4, edge port); it must be asked for explicitly.
 
 ``grpc.health.v1.Health`` is served on every mesh server; it needs mutual TLS (the peer is
-checked like any caller's) but no token.
+checked like any caller's) but no token. ``tokenless_methods=`` names further methods that take
+no token (a password login at an edge port): they get the transport checks of their port kind
+(the peer's certificate on a mutual-TLS port, server TLS alone on an edge port) but no token
+check and no policy, and their audit line says ``TOKENLESS_METHOD``.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent import futures
@@ -41,12 +45,33 @@ from mesh.tokens.verify import ChainVerifier
 
 Options = Sequence[tuple[str, Any]]
 
+_EXACT_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _tokenless(methods: Iterable[str]) -> frozenset[str]:
+    """Health plus ``methods``, each one exact method: a door without a token is never a
+    pattern (a wildcard would open methods added later)."""
+    if isinstance(methods, str):
+        raise ServerConfigError("tokenless_methods must be a list of method names, not a string")
+    out = set(HEALTH_METHODS)
+    for method in methods:
+        if not isinstance(method, str) or not _EXACT_METHOD.fullmatch(method):
+            raise ServerConfigError(
+                f"tokenless method {method!r} must be one full method name "
+                "'/pkg.Service/Method' (no wildcard)")
+        out.add(method)
+    return frozenset(out)
+
 
 def build_guard(source: SvidSource, policy: Policy, bundle: BundleSource, *,
                 verifier: ChainVerifier | None = None, edge: bool = False,
                 audit: AuditLog | None = None, caches: bool = True,
-                tokenless_methods: Iterable[str] = HEALTH_METHODS) -> CallGuard:
-    """The per-service checker both server flavours use."""
+                tokenless_methods: Iterable[str] = ()) -> CallGuard:
+    """The per-service checker both server flavours use.
+
+    Health methods are always tokenless; ``tokenless_methods`` adds exact method names that
+    take no token and no policy (see the module docstring).
+    """
     own = source.current().spiffe_id
     if own.trust_domain != policy.trust_domain:
         raise ServerConfigError(
@@ -60,7 +85,7 @@ def build_guard(source: SvidSource, policy: Policy, bundle: BundleSource, *,
                                 f"service is {own}")
     return CallGuard(own_id=own, verifier=verifier, bundle=bundle, policy=policy,
                      audit=audit or AuditLog(own), edge=edge,
-                     tokenless_methods=tokenless_methods,
+                     tokenless_methods=_tokenless(tokenless_methods),
                      peer_cache_size=1024 if caches else 0,
                      call_cache_size=4096 if caches else 0)
 
@@ -93,15 +118,22 @@ class _Ports:
 
 
 class MeshServer:
-    """A sync gRPC server for one mesh service. Register servicers on it, then ``add_port``."""
+    """A sync gRPC server for one mesh service. Register servicers on it, then ``add_port``.
+
+    ``tokenless_methods``: exact method names served without a token or policy, with only the
+    transport checks of the port kind (a login taking a password at an edge port). Use it for
+    methods that authenticate their caller themselves; every call is audited as
+    ``TOKENLESS_METHOD``.
+    """
 
     def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
                  verifier: ChainVerifier | None = None, edge: bool = False,
                  max_workers: int = 16, options: Options = (), audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.ServerInterceptor] = (),
-                 caches: bool = True) -> None:
+                 caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
         self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
-                                 audit=audit, caches=caches)
+                                 audit=audit, caches=caches,
+                                 tokenless_methods=tokenless_methods)
         self._ports = _Ports(source, edge)
         # Handlers are wrapped at registration (below), not by a server interceptor: the same
         # checks without gRPC's per-call interceptor pipeline. Extra interceptors run first.
@@ -164,9 +196,10 @@ class AioMeshServer:
                  verifier: ChainVerifier | None = None, edge: bool = False,
                  options: Options = (), audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-                 caches: bool = True) -> None:
+                 caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
         self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
-                                 audit=audit, caches=caches)
+                                 audit=audit, caches=caches,
+                                 tokenless_methods=tokenless_methods)
         self._ports = _Ports(source, edge)
         self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
         self.health = health.aio.HealthServicer()

@@ -35,6 +35,8 @@ from mesh.x509util import spiffe_id_of, thumbprint
 
 _log = logging.getLogger(__name__)
 VERIFIER_FAILED = "VERIFIER_FAILED"
+TOKENLESS = "TOKENLESS_METHOD"
+TOKENLESS_RULE = "tokenless_methods"
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -208,8 +210,15 @@ class CallGuard:
             if not self._edge:
                 peer = self.peer(auth_context)
             if method in self._tokenless:
+                # Transport checks of the port kind only: the mutual-TLS peer (chain, CRL,
+                # validity) here, nothing on an edge port. No token, no policy; said so in
+                # the audit line.
                 if peer is not None:
                     self._verifier.check_peer(peer.certificate)
+                self._audit.record(method=method, peer=peer.spiffe_id if peer else None,
+                                   user=None, chain=(), allowed=True, reason=TOKENLESS,
+                                   rule=TOKENLESS_RULE,
+                                   verify_us=(time.perf_counter_ns() - start) // 1000)
                 return None
             token = bearer_token(metadata)
             verified = self._verify(token, peer)

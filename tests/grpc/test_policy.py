@@ -210,3 +210,26 @@ def test_structured_rules_load_or_fail_cleanly(rule: dict[str, Any]) -> None:
         assert err.line is None or 1 <= err.line <= text.count("\n")
         return
     assert isinstance(policy.decide(GET, user_call("gateway")).allowed, bool)
+
+
+def test_deny_all_is_explicit_in_python_and_toml() -> None:
+    for policy in (Policy.deny_all(), parse_policy("deny_all = true\n")):
+        decision = policy.decide(GET, user_call("gateway"))
+        assert (decision.allowed, decision.reason, decision.rule) == (
+            False, NO_POLICY_RULE, "deny_all")
+        assert policy.denies_all
+    # control: an ordinary policy is not deny-all, and a file with no rule is still refused
+    assert not Policy([]).denies_all
+    with pytest.raises(PolicyFileError, match="deny_all = true if that is the intent"):
+        parse_policy("deny_all = false\n")
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ('deny_all = "yes"\n', 1, "deny_all must be true or false"),
+    ('trust_domain = "mesh.internal"\ndeny_all = true\n[[rule]]\nmethods = ["*"]\n'
+     'peers = ["a"]\n', 2, "remove one or the other"),
+])
+def test_bad_deny_all_names_line_and_reason(text: str, line: int, message: str) -> None:
+    with pytest.raises(PolicyFileError, match=message) as exc:
+        parse_policy(text, source="p.toml")
+    assert exc.value.line == line
