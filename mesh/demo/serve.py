@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import grpc
 
 from mesh.audit import LOGGER_NAME as AUDIT_LOGGER
 from mesh.channel import MeshChannel, mesh_channel
-from mesh.credentials import server_credentials
 from mesh.demo import catalog
 from mesh.demo.auth_logic import LoginService
 from mesh.demo.errors import DemoConfigError
@@ -194,7 +192,7 @@ def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) ->
 
     # The mutual-TLS port: every service has one (health checks at least). For the edge
     # services it serves nothing else, so it gets a deny-all policy.
-    internal = MeshServer(source, Policy([], trust_domain=td) if service in EDGE_SERVICES
+    internal = MeshServer(source, Policy.deny_all(trust_domain=td) if service in EDGE_SERVICES
                           else policy, bundle)
 
     if service == "auth":
@@ -202,15 +200,12 @@ def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) ->
             raise DemoConfigError("auth needs --users FILE")
         logins = LoginService(UserStore.load(args.users), _CurrentSigner(source),
                               [td.service("gateway")], ttl=args.token_ttl)
-        # Login takes a password, not a token, so its port is plain server TLS outside the
-        # mesh's token checks (the certificate still follows rotation).
-        edge = grpc.server(futures.ThreadPoolExecutor(max_workers=8,
-                                                      thread_name_prefix="auth-edge"))
-        auth_svc.register(edge, auth_svc.make_servicer(own, logins))
-        running.ports["edge"] = edge.add_secure_port(
-            args.edge_listen, server_credentials(source, require_client_auth=False))
-        edge.start()
-        running.stoppers.append(lambda: edge.stop(STOP_GRACE).wait())
+        # Login takes a password, not a token: an edge port (server TLS, certificate following
+        # rotation) on which Login alone is tokenless; any other method is refused.
+        auth_edge = MeshServer(source, Policy.deny_all(trust_domain=td), bundle, edge=True,
+                               max_workers=8, tokenless_methods=[auth_svc.LOGIN])
+        auth_svc.register(auth_edge, auth_svc.make_servicer(own, logins))
+        start(auth_edge, args.edge_listen, "edge")
     elif service == "gateway":
         orders = orders_pb2_grpc.OrdersServiceStub(  # type: ignore[no-untyped-call]
             channel("orders", require_user=True))
