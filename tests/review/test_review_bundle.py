@@ -1,0 +1,103 @@
+"""Review: revocation as the bundle source and the verifier apply it (DESIGN 4.1, 4.5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.tokens.bundle import FileBundleSource
+from mesh.tokens.errors import BundleError, CertificateRevoked
+
+
+def _crl_with_revoked_intermediate(m: Any, tmp_path: Path) -> Path:
+    """The CA's own CRL plus a root-signed CRL revoking the intermediate, in one PEM file."""
+    path = tmp_path / "crl_all.pem"
+    path.write_bytes(m.ca.crl_path.read_bytes() + m.root_crl([m.ca.issuer_cert.serial_number]))
+    return path
+
+
+def test_peer_under_revoked_intermediate_is_refused(review_mesh: Any, tmp_path: Path) -> None:
+    """Regression guard: rule 4.1 walks the whole path, so a revoked issuing CA fails the peer."""
+    m = review_mesh(intermediate=True)
+    bundle = FileBundleSource(m.ca.bundle_path, _crl_with_revoked_intermediate(m, tmp_path))
+    control = FileBundleSource(m.ca.bundle_path, m.ca.crl_path)
+    assert control.verify_chain(list(m.svids["gateway"].chain)) == m.id("gateway")
+    with pytest.raises(CertificateRevoked):
+        bundle.verify_chain(list(m.svids["gateway"].chain))
+
+
+@pytest.mark.xfail(strict=True, reason="review: bundle keys check only the leaf for revocation")
+def test_edge_refuses_user_token_signed_under_revoked_intermediate(
+    review_mesh: Any, tmp_path: Path
+) -> None:
+    """DESIGN 4.5 / edge: the signing key's certificate must chain to the anchors and not be
+    revoked. ``ChainVerifier._bundle_key`` asks ``is_revoked(key.certificate)`` (the leaf only)
+    and FileBundleSource never applies the CRL to a key's intermediates, so once the
+    intermediate CA is revoked every token its leaves signed still verifies as a wrapped or
+    edge token, while the same certificates are refused as mTLS peers (test above)."""
+    m = review_mesh(intermediate=True)
+    token = m.user_token("gateway")
+    # negative control: with the CA's own CRL the token verifies
+    assert m.verifier("gateway").verify(token, None).user == "alice"
+    bundle = FileBundleSource(m.ca.bundle_path, _crl_with_revoked_intermediate(m, tmp_path))
+    with pytest.raises(CertificateRevoked):
+        m.verifier("gateway", bundle=bundle).verify(token, None)
+
+
+@pytest.mark.xfail(strict=True, reason="review: an older CRL (lower CRLNumber) un-revokes")
+def test_crl_rollback_does_not_unrevoke(review_mesh: Any, tmp_path: Path) -> None:
+    """Replacing crl.pem with an OLDER CRL validly signed by the CA (lower CRLNumber, earlier
+    thisUpdate) silently un-revokes certificates. Deleting or corrupting the file keeps the
+    previous snapshot, so an attacker who can write the file (or replay an old copy through a
+    sync job) is better served by a rollback. The bundle source should refuse a CRL whose
+    CRLNumber is lower than the one it already applies (RFC 5280 5.2.3)."""
+    m = review_mesh()
+    old = m.ca.crl_path.read_bytes()
+    m.ca.revoke(name="payments")
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(m.ca.crl_path.read_bytes())
+    bundle = FileBundleSource(m.ca.bundle_path, crl, check_interval=0)
+    cert = m.svids["payments"].certificate
+    assert bundle.is_revoked(cert)  # negative control: the current CRL revokes it
+    crl.write_bytes(old)
+    os.utime(crl, ns=(1, 1))  # a different file identity whatever the clock's resolution
+    bundle.refresh()
+    assert bundle.is_revoked(cert)
+
+
+def test_crl_with_forged_signature_is_refused(review_mesh: Any, tmp_path: Path) -> None:
+    """Regression guard: a CRL naming the CA as issuer but signed by another key is refused at
+    start, and on reload the previous snapshot (with its revocations) stays in force."""
+    m = review_mesh()
+    other = review_mesh()
+    m.ca.revoke(name="payments")
+    # same issuer NAME in both CAs (same trust domain), different keys
+    assert other.ca.issuer_cert.subject == m.ca.issuer_cert.subject
+    forged = tmp_path / "forged.pem"
+    forged.write_bytes(other.ca.crl_path.read_bytes())
+    with pytest.raises(BundleError):
+        FileBundleSource(m.ca.bundle_path, forged)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(m.ca.crl_path.read_bytes())
+    bundle = FileBundleSource(m.ca.bundle_path, crl, check_interval=0)
+    assert bundle.is_revoked(m.svids["payments"].certificate)
+    crl.write_bytes(forged.read_bytes())
+    os.utime(crl, ns=(1, 1))
+    assert bundle.refresh() is False
+    assert bundle.is_revoked(m.svids["payments"].certificate)
+
+
+def test_deleted_crl_keeps_previous_revocations(review_mesh: Any, tmp_path: Path) -> None:
+    """Regression guard: removing crl.pem must not fail open."""
+    m = review_mesh()
+    m.ca.revoke(name="payments")
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(m.ca.crl_path.read_bytes())
+    bundle = FileBundleSource(m.ca.bundle_path, crl, check_interval=0)
+    crl.unlink()
+    bundle.refresh()
+    with pytest.raises(CertificateRevoked):
+        bundle.verify_chain(list(m.svids["payments"].chain))
