@@ -11,7 +11,7 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,13 +97,27 @@ class ReviewMesh:
 MeshFactory = Callable[..., ReviewMesh]
 
 
+def _populate(ca: Any, issue_kw: dict[str, Any]) -> ReviewMesh:
+    svids = {name: ca.issue(name, **issue_kw.get(name, {})) for name in SERVICES}
+    m = ReviewMesh(ca=ca, svids=svids)
+    m.signers = {n: TokenSigner(s.private_key, s.chain) for n, s in svids.items()}
+    return m
+
+
 @pytest.fixture
 def review_mesh(ca_factory: Callable[..., Any]) -> MeshFactory:
+    """``review_mesh(intermediate=False, auth={"ttl": ...})``: a fresh CA and four SVIDs."""
     def make(intermediate: bool = False, **issue_kw: Any) -> ReviewMesh:
-        ca = ca_factory(intermediate=intermediate)
-        svids = {name: ca.issue(name, **issue_kw.get(name, {})) for name in SERVICES}
-        m = ReviewMesh(ca=ca, svids=svids)
-        m.signers = {n: TokenSigner(s.private_key, s.chain) for n, s in svids.items()}
-        return m
+        return _populate(ca_factory(intermediate=intermediate), issue_kw)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def shared_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReviewMesh]:
+    """One mesh for a module's many read-only parametrised cases (CA creation dominates)."""
+    from ca.authority import CertificateAuthority
+
+    ca = CertificateAuthority.init(tmp_path_factory.mktemp("review") / "ca")
+    yield _populate(ca, {})
+    ca.close()

@@ -1,0 +1,119 @@
+"""Review: JSON and claim oddities, cache keying, and what error messages may contain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mesh.tokens.cache import VerifiedTokenCache
+from mesh.tokens.errors import TokenError
+
+NOT_A_TIME = [True, False, 1.0, 1e10, "1700000000", None, [1], {"t": 1}, -1, 2**53, 2**64]
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp", "nbf"])
+@pytest.mark.parametrize("value", NOT_A_TIME, ids=repr)
+def test_time_claims_must_be_whole_numbers(shared_mesh: Any, claim: str, value: Any) -> None:
+    """Regression guard: bool (True == 1), floats, strings, huge and negative ints are not
+    NumericDates. Checked for each of iat, exp, nbf at an edge port."""
+    m = shared_mesh
+    verifier = m.verifier("gateway")
+    assert verifier.verify(m.forge_user(m.user_claims()), None).user == "alice"  # control
+    with pytest.raises(TokenError) as info:
+        verifier.verify(m.forge_user(m.user_claims(**{claim: value})), None)
+    assert info.value.reason in {"CLAIM_INVALID", "TOKEN_EXPIRED", "TOKEN_NOT_YET_VALID"}
+    if claim != "exp" or value not in (True, False, -1):
+        assert info.value.reason == "CLAIM_INVALID"
+
+
+@pytest.mark.parametrize("over", [
+    {"aud": {"spiffe://mesh.internal/svc/gateway": 1}},
+    {"aud": []},
+    {"aud": [["spiffe://mesh.internal/svc/gateway"]]},
+    {"aud": "spiffe://mesh.internal/svc/gatewayx"},
+    {"aud": ["spiffe://mesh.internal/svc/gateway/"]},
+    {"aud": ["SPIFFE://mesh.internal/svc/gateway"]},
+    {"aud": ["spiffe://MESH.internal/svc/gateway"]},
+    {"sub": {"id": "alice"}},
+    {"sub": ""},
+    {"iss": {"id": "spiffe://mesh.internal/svc/auth"}},
+    {"iss": "spiffe://mesh.internal/svc/auth/"},
+    {"iss": "spiffe://mesh.internal/svc/orders"},
+    {"scope": ["orders:write"]},
+    {"roles": "admin"},
+    {"upstream": "a.b.c"},
+], ids=repr)
+def test_claim_type_and_spelling_confusion_rejected(shared_mesh: Any,
+                                                    over: dict[str, Any]) -> None:
+    """Regression guard: nested objects where strings are expected, and near-miss spellings of
+    the audience or issuer, are refused (no normalisation, no substring match)."""
+    m = shared_mesh
+    with pytest.raises(TokenError):
+        m.verifier("gateway").verify(m.forge_user(m.user_claims(**over)), None)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"iss":"spiffe://mesh.internal/svc/auth","sub":"alice","aud":"spiffe://mesh.internal/svc/'
+    b'gateway","aud":"spiffe://mesh.internal/svc/orders","iat":%d,"exp":%d,"jti":"j"}',
+    b'{"iss":"spiffe://mesh.internal/svc/auth","sub":"alice","aud":"spiffe://mesh.internal/svc/'
+    b'gateway","iat":%d,"exp":%d,"jti":"j","x":NaN}',
+    b'{"iss":"spiffe://mesh.internal/svc/auth","sub":"alice","aud":"spiffe://mesh.internal/svc/'
+    b'gateway","iat":%d,"exp":%d,"jti":"j","x":Infinity}',
+    b'{"iss":"spiffe://mesh.internal/svc/auth","sub":"alice","aud":"spiffe://mesh.internal/svc/'
+    b'gateway","iat":%d,"exp":%d,"jti":"j","x":1' + b"0" * 5000 + b"}",
+    b'\xef\xbb\xbf{"iss":"spiffe://mesh.internal/svc/auth","sub":"alice","aud":"spiffe://mesh.'
+    b'internal/svc/gateway","iat":%d,"exp":%d,"jti":"j"}',
+], ids=["duplicate aud", "NaN", "Infinity", "5000-digit int", "BOM"])
+def test_json_oddities_rejected(shared_mesh: Any, raw: bytes) -> None:
+    m = shared_mesh
+    c = m.user_claims()
+    with pytest.raises(TokenError) as info:
+        m.verifier("gateway").verify(m.forge_user(raw % (c["iat"], c["exp"])), None)
+    assert info.value.reason in {"TOKEN_MALFORMED", "TOKEN_TOO_LARGE"}
+
+
+def test_shared_cache_keeps_audience_and_peer_checks(review_mesh: Any) -> None:
+    """Regression guard: a verified-token cache shared by two services (or a token seen first
+    from its legitimate peer) never lets the cached token through for another audience or
+    another peer."""
+    m = review_mesh()
+    cache = VerifiedTokenCache()
+    bundle = m.bundle()
+    token = m.signers["gateway"].app_asserted_token(m.user_token("gateway"), m.id("orders"))
+    orders = m.verifier("orders", bundle=bundle, cache=cache)
+    payments = m.verifier("payments", bundle=bundle, cache=cache)
+    gw, other = m.svids["gateway"].certificate, m.svids["payments"].certificate
+    for _ in range(2):  # the second round runs from the cache
+        assert orders.verify(token, gw).user == "alice"
+    with pytest.raises(TokenError) as info:
+        payments.verify(token, gw)
+    assert info.value.reason == "AUDIENCE_MISMATCH"
+    with pytest.raises(TokenError) as info:
+        orders.verify(token, other)
+    assert info.value.reason == "PEER_MISMATCH"
+    with pytest.raises(TokenError) as info:
+        orders.verify(token, None)  # the same bytes at an edge port
+    assert info.value.reason == "TYPE_MISMATCH"
+
+
+def test_errors_never_echo_the_token(review_mesh: Any) -> None:
+    """Regression guard (DESIGN 4): no rejection message contains any part of the token."""
+    m = review_mesh()
+    user = m.user_token("gateway")
+    wrapped = m.signers["gateway"].app_asserted_token(user, m.id("orders"))
+    h, p, s = wrapped.split(".")
+    attempts = [
+        (m.verifier("payments"), wrapped, m.svids["gateway"].certificate),
+        (m.verifier("orders"), wrapped, m.svids["orders"].certificate),
+        (m.verifier("orders"), f"{h}.{p}.{s[::-1]}", m.svids["gateway"].certificate),
+        (m.verifier("orders"), f"{h}.{p}x.{s}", m.svids["gateway"].certificate),
+        (m.verifier("gateway"), wrapped, None),
+        (m.verifier("orders"), user, m.svids["gateway"].certificate),
+    ]
+    for verifier, token, peer in attempts:
+        with pytest.raises(TokenError) as info:
+            verifier.verify(token, peer)
+        text = str(info.value) + repr(info.value.args)
+        for part in (*token.split("."), *user.split(".")):
+            assert part[:24] not in text
