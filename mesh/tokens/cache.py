@@ -1,10 +1,15 @@
 """The verified-token cache: what a token proved about itself, remembered until it expires.
 
-An entry says only "these exact bytes (SHA-256) carry a valid signature by the certificate whose
-thumbprint is ``kid``, and decode to these well-formed claims". Everything that depends on where
-the token appears (the peer, the wrapping token, this service), on the clock, or on the current
-bundle and CRL is checked again on every call by the verifier. Failures are never stored, so the
-cache can only save work, never turn a rejection into an acceptance.
+An entry says "these exact bytes (SHA-256) carry a valid signature by the certificate whose
+thumbprint is ``kid``, and decode to these well-formed claims". An entry that verified as a
+wrapped token may also carry a :class:`ChainVerdict`: "this token and everything it wraps form a
+valid upstream chain (DESIGN 4.5) for the end user ``user``", which is a function of the token's
+bytes (they include the whole inner chain) plus the things the verdict records and the verifier
+re-checks on every use: the bundle and its generation (keys, revocations), the clock (the
+subchain's time window), the verifier's trusted user-token issuers and its depth limit.
+Everything that depends on where the token appears (the peer, the wrapping token, this service)
+is checked again on every call. Failures are never stored, so the cache can only save work,
+never turn a rejection into an acceptance.
 
 Bounded (least recently used out first) and thread-safe.
 """
@@ -18,8 +23,40 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from mesh.spiffeid import SpiffeId
 from mesh.tokens.claims import Claims
 from mesh.tokens.result import Hop
+
+
+class ChainVerdict(NamedTuple):
+    """A token and all it wraps verified as an upstream chain (DESIGN 4.5) in one bundle state.
+
+    It holds for a verifier only while ``bundle`` is that verifier's bundle source (identity:
+    two sources can share a generation number) at ``generation``; the clock is inside every
+    layer's time window (``iat``/``nbf`` .. ``exp``, with that verifier's leeway) and every
+    signing certificate's validity; the verifier trusts ``user_iss``; and the chain fits its
+    depth limit. The verifier checks all of that on each use and otherwise verifies in full.
+    """
+
+    bundle: object
+    generation: int
+    #: this token plus the tokens nested in it (1: a user token)
+    layers: int
+    #: earliest ``exp`` of those layers
+    exp: int
+    #: latest ``iat`` or ``nbf`` of those layers
+    not_before: int
+    #: latest ``not_before`` / earliest ``not_after`` of their signing certificates
+    key_not_before: int
+    key_not_after: int
+    #: the innermost (user) token's issuer, as text
+    user_iss: str
+    #: the layers' hops, this token's first
+    hops: tuple[Hop, ...]
+    #: the issuers from the edge service to this token's, as in ``VerifiedChain.chain``
+    chain: tuple[SpiffeId, ...]
+    user: str
+    user_claims: Mapping[str, Any]
 
 
 class VerifiedToken(NamedTuple):
@@ -33,8 +70,10 @@ class VerifiedToken(NamedTuple):
     #: read-only copy of a user token's claims, None for other kinds
     user_claims: Mapping[str, Any] | None
     #: the verified entry of the upstream token, linked once a whole chain verified (saves a
-    #: lookup per layer; the verifier still re-checks every relation and time on every call)
+    #: lookup per layer; its relations and times are re-checked unless ``verdict`` vouches)
     upstream_entry: VerifiedToken | None = None
+    #: set once the token verified as a wrapped token, with everything it wraps
+    verdict: ChainVerdict | None = None
 
 
 def token_digest(token: str) -> bytes:

@@ -8,9 +8,13 @@
 The work is split in two passes so that cheap checks come before any signature: pass A splits
 and decodes every layer (size, depth, header, kinds, claim shapes: rules 2 and 3), pass B checks
 keys, signatures and how the layers relate (rules 4 and 5). The verified-token cache (see
-:mod:`mesh.tokens.cache`) only skips pass A's decoding and pass B's signature check for exact
-token bytes that verified before; every relational, time, key and revocation check runs on
-every call.
+:mod:`mesh.tokens.cache`) skips pass A's decoding and pass B's signature check for exact token
+bytes that verified before. A wrapped token that verified together with everything it wraps
+carries a :class:`~mesh.tokens.cache.ChainVerdict`; when the first such layer's verdict holds
+for this verifier now (same bundle and generation, inside the subchain's time window, trusted
+user issuer, within the depth limit), the layers below it are not checked again. The outermost
+token, its binding to the peer and the relation between every checked layer and the token it
+wraps are checked on every call.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mesh.spiffeid import SpiffeId
 from mesh.tokens import jose
 from mesh.tokens.bundle import BundleKey, BundleSource
-from mesh.tokens.cache import VerifiedToken, VerifiedTokenCache, token_digest
+from mesh.tokens.cache import ChainVerdict, VerifiedToken, VerifiedTokenCache, token_digest
 from mesh.tokens.claims import (
     APP,
     APP_ASSERTED,
@@ -112,6 +116,10 @@ class _Layer:
     kid: str
     claims: Claims
     parsed: jose.ParsedJws | None  # None when the cache vouched for the signature
+    # the bundle key that signed it, once checked (inner layers and the edge's user token)
+    key: BundleKey | None = None
+    # True when entry.verdict holds now: this layer and all below it need no re-check
+    vouched: bool = False
 
 
 _PEER_CACHE_MAX = 1024
@@ -225,32 +233,99 @@ class ChainVerifier:
                 f"the token is {len(token)} bytes, over the limit of {self.limits.max_size} "
                 "(DESIGN 4.2); the chain is too long or the token is not meshid's"
             )
-        # rules 2 (depth) and 3, no cryptography yet
-        layers = self._decode(token, edge=peer is None)
+        # rules 2 (depth) and 3, no cryptography yet; stops at a layer whose verdict holds
+        layers = self._decode(token, edge=peer is None, now=now, generation=generation)
         # rule 4 (or the edge port's rule), then rule 5 hop by hop
         if peer is None:
             self._check_edge(layers[0], now, generation)
         else:
             self._check_outermost(layers[0], peer, now)
         for i in range(1, len(layers)):
-            self._check_wrapped(layers[i], layers[i - 1], now, generation)
+            if layers[i].vouched:
+                # Everything about this layer and those below it holds (its verdict); how it
+                # relates to the token wrapping it does not follow from its own bytes.
+                self._check_relation(layers[i], layers[i - 1])
+            else:
+                self._check_wrapped(layers[i], layers[i - 1], now, generation)
         if self.cache is not None:
-            self._remember(layers)
+            self._remember(layers, generation)
         return self._result(token, layers, peer)
 
-    def _remember(self, layers: list[_Layer]) -> None:
+    def _usable(self, verdict: ChainVerdict | None, hop: int, now: int, generation: int) -> bool:
+        """Whether ``verdict``, on the layer at ``hop``, holds for this verifier now.
+
+        Exactly the conditions under which re-checking that layer and those below it would
+        pass; if any fails, the layers are checked in full and fail with their own reason.
+        """
+        leeway = self.limits.leeway
+        return (
+            verdict is not None
+            and verdict.generation == generation
+            and verdict.bundle is self.bundle
+            and now < verdict.exp + leeway
+            and verdict.not_before <= now + leeway
+            and verdict.key_not_before <= now < verdict.key_not_after
+            and verdict.user_iss in self._trusted_texts
+            and hop + verdict.layers - 1 <= self.limits.max_depth
+        )
+
+    def _remember(self, layers: list[_Layer], generation: int) -> None:
+        """Store what this successful call proved: new entries, links, and chain verdicts.
+
+        A verdict is stamped with the generation read when the call began, and only if the
+        bundle did not move on during the call (a key looked up after a reload was checked
+        against the new state, not the stamped one).
+        """
         assert self.cache is not None
+        stamp = self.bundle.generation == generation
         below: VerifiedToken | None = None
         for layer in reversed(layers):
             entry = layer.entry
-            if layer.parsed is not None:
-                if below is not None:
-                    entry = entry._replace(upstream_entry=below)
+            if layer.vouched:
+                below = entry
+                continue
+            verdict = entry.verdict
+            if layer.hop > 0 and stamp:
+                verdict = self._verdict(layer, below, generation)
+            if layer.parsed is not None or entry.upstream_entry is not below or (
+                verdict is not entry.verdict
+            ):
+                entry = entry._replace(upstream_entry=below, verdict=verdict)
                 if layer.digest is not None:
                     self.cache.put(layer.digest, entry)
             below = entry
 
-    def _decode(self, token: str, *, edge: bool) -> list[_Layer]:
+    def _verdict(
+        self, layer: _Layer, below: VerifiedToken | None, generation: int
+    ) -> ChainVerdict:
+        """The verdict for a wrapped ``layer`` that was just checked in full."""
+        c, key, hop = layer.claims, layer.key, layer.entry.hop
+        assert key is not None
+        not_before = c.iat if c.nbf is None or c.nbf < c.iat else c.nbf
+        if below is None:
+            assert c.typ == USER and layer.entry.user_claims is not None
+            return ChainVerdict(
+                self.bundle, generation, 1, c.exp, not_before, key.not_before, key.not_after,
+                c.iss_text, (hop,), (), c.sub, layer.entry.user_claims,
+            )
+        v = below.verdict
+        assert v is not None and v.generation == generation and v.bundle is self.bundle
+        return ChainVerdict(
+            self.bundle,
+            generation,
+            v.layers + 1,
+            min(c.exp, v.exp),
+            max(not_before, v.not_before),
+            max(key.not_before, v.key_not_before),
+            min(key.not_after, v.key_not_after),
+            v.user_iss,
+            (hop, *v.hops),
+            (*v.chain, c.iss),
+            v.user,
+            v.user_claims,
+        )
+
+    def _decode(self, token: str, *, edge: bool, now: int, generation: int) -> list[_Layer]:
         layers: list[_Layer] = []
         current = token
         digest = token_digest(token) if self.cache is not None else None
@@ -285,6 +360,9 @@ class ChainVerifier:
                     "token (DESIGN 4.5)",
                     hop=hop,
                 )
+            if hop > 0 and self._usable(layer.entry.verdict, hop, now, generation):
+                layer.vouched = True
+                return layers
             upstream = layer.claims.upstream
             if upstream is None:
                 return layers
@@ -376,6 +454,24 @@ class ChainVerifier:
     def _check_wrapped(self, layer: _Layer, wrapper: _Layer, now: int, generation: int) -> None:
         hop = layer.hop
         self._check_signed_by_bundle_key(layer, now, generation)
+        self._check_relation(layer, wrapper)
+        c = layer.claims
+        if c.cnf is not None and c.cnf != layer.kid:
+            # The wrapping service signs with its own SVID key, so cnf must name that key's
+            # certificate; anything else is a token bound to someone who did not sign it.
+            raise ConfirmationMismatch(
+                f"the token at hop {hop} from {c.iss} is bound (cnf.x5t#S256) to another "
+                "certificate than the one that signed it (DESIGN 3, RFC 8705)",
+                hop=hop,
+            )
+        if c.typ == USER:
+            self._check_user_issuer(layer)
+        self._check_time(layer, now)
+
+    # rule 5, the part that depends on the wrapper: never vouched for by a cached verdict
+    @staticmethod
+    def _check_relation(layer: _Layer, wrapper: _Layer) -> None:
+        hop = layer.hop
         c, w = layer.claims, wrapper.claims
         if w.iss_text not in c.aud:
             raise ChainBroken(
@@ -398,17 +494,6 @@ class ChainVerifier:
                 "upstream (DESIGN 3, 4.5)",
                 hop=hop - 1,
             )
-        if c.cnf is not None and c.cnf != layer.kid:
-            # The wrapping service signs with its own SVID key, so cnf must name that key's
-            # certificate; anything else is a token bound to someone who did not sign it.
-            raise ConfirmationMismatch(
-                f"the token at hop {hop} from {c.iss} is bound (cnf.x5t#S256) to another "
-                "certificate than the one that signed it (DESIGN 3, RFC 8705)",
-                hop=hop,
-            )
-        if c.typ == USER:
-            self._check_user_issuer(layer)
-        self._check_time(layer, now)
 
     def _bundle_key(self, layer: _Layer, generation: int) -> tuple[BundleKey, str]:
         kid = layer.kid
@@ -444,6 +529,7 @@ class ChainVerifier:
     def _check_signed_by_bundle_key(self, layer: _Layer, now: int, generation: int) -> None:
         hop, c = layer.hop, layer.claims
         key, key_id = self._bundle_key(layer, generation)
+        layer.key = key
         if not key.not_before <= now < key.not_after:
             raise CertificateUntrusted(
                 f"the {KIND_NAMES[c.typ]} at hop {hop} was signed with the key of "
@@ -511,9 +597,25 @@ class ChainVerifier:
                 user_claims=_EMPTY, chain=(peer.spiffe_id,),
                 expires_at=expires_at, token=token, hops=hops,
             )
-        user = layers[-1].entry
-        assert user.claims.typ == USER and user.user_claims is not None
         assert outer.typ == APP_ASSERTED or peer is None
+        last = layers[-1]
+        verdict = last.entry.verdict
+        if last.vouched:
+            # The layers below the last one checked are summed up by its verdict.
+            assert verdict is not None
+            checked = hops[:-1]
+            return VerifiedChain(
+                peer=peer.spiffe_id if peer is not None else None,
+                kind="user",
+                user=verdict.user,
+                user_claims=verdict.user_claims,
+                chain=(*verdict.chain, *(hop.iss for hop in reversed(checked))),
+                expires_at=min(expires_at, verdict.exp),
+                token=token,
+                hops=(*checked, *verdict.hops),
+            )
+        user = last.entry
+        assert user.claims.typ == USER and user.user_claims is not None
         return VerifiedChain(
             peer=peer.spiffe_id if peer is not None else None,
             kind="user",
