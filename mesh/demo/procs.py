@@ -3,19 +3,18 @@ exit, on Ctrl-C, on SIGTERM and when a step fails, so no process outlives the de
 
 Three layers make sure of that: :meth:`Supervisor.stop_all` runs from ``finally`` and ``atexit``;
 SIGTERM/SIGHUP are turned into ``SystemExit`` so those run; and on Linux every child asks the
-kernel for SIGTERM when the launcher dies (``PR_SET_PDEATHSIG``), which covers even SIGKILL.
+kernel for SIGTERM when the launcher dies (``PR_SET_PDEATHSIG``, via :mod:`mesh.demo.pdeathsig`),
+which covers even SIGKILL.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,21 +23,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from mesh.demo import pdeathsig
 from mesh.demo.errors import DemoError
-
-_PR_SET_PDEATHSIG = 1
 
 
 class ProcessFailed(DemoError):
     """A child process exited or did not become ready in time."""
 
     reason = "PROCESS_FAILED"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +94,12 @@ class Supervisor:
             log_path = self._logs / f"{name}.log"
             with log_path.open("ab") as log:
                 popen = subprocess.Popen(
-                    list(argv),
+                    pdeathsig.wrap(argv),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=dict(env) if env is not None else None,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
                 )
             child = Child(name, popen, log_path)
             self._children[name] = child

@@ -70,7 +70,7 @@ def _assert_nothing_left(state: Path) -> None:
 def test_the_whole_story(tmp_path: Path) -> None:
     state = tmp_path / "demo-state"
     run = subprocess.run(_launcher(state), cwd=tmp_path, env=_env(), capture_output=True,
-                         text=True, timeout=240, check=False)
+                         text=True, timeout=100, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
     summary = json.loads((state / "summary.json").read_text())

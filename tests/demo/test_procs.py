@@ -93,3 +93,43 @@ def test_pid_file_tracks_running_state(tmp_path: Path) -> None:
     assert doc["launcher"] == os.getpid()
     assert sup.stop("sleeper", timeout=5) is not None
     assert json.loads(sup.pid_file.read_text())["children"]["sleeper"]["running"] is False
+
+
+def test_pdeathsig_wrapper_refuses_to_start_an_orphan(tmp_path: Path) -> None:
+    """The wrapper checks its parent is the launcher that asked, so a late start is no orphan."""
+    marker = tmp_path / "ran"
+    not_my_parent = str(os.getpid() + 1_000_000)
+    rc = subprocess.run(
+        [sys.executable, "-m", "mesh.demo.pdeathsig", not_my_parent,
+         sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"],
+        check=False, timeout=30,
+    ).returncode
+    assert rc == 1
+    assert not marker.exists()
+    # control: with the right parent the command runs
+    sup = Supervisor(tmp_path)
+    child = sup.start("ok", [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"])
+    assert child.popen.wait(timeout=30) == 0
+    assert marker.exists()
+
+
+def test_children_start_while_the_launcher_has_grpc_threads(tmp_path: Path) -> None:
+    """Smoke check for the launcher's set-up: children start while gRPC threads are live.
+
+    A ``preexec_fn`` (fork, then Python code in the child) once hung the launcher here in CI;
+    that race is too rare to reproduce on demand, so this only guards the ordinary path.
+    """
+    import grpc
+
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(4))
+    server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        sup = Supervisor(tmp_path)
+        for i in range(10):
+            child = sup.start(f"c{i}", [sys.executable, "-c", "pass"])
+            assert child.popen.wait(timeout=30) == 0
+    finally:
+        channel.close()
+        server.stop(None)
