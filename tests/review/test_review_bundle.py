@@ -101,3 +101,48 @@ def test_deleted_crl_keeps_previous_revocations(review_mesh: Any, tmp_path: Path
     bundle.refresh()
     with pytest.raises(CertificateRevoked):
         bundle.verify_chain(list(m.svids["payments"].chain))
+
+
+def _add_jwt_entry(m: Any, tmp_path: Path, cert: Any, kid: str) -> Path:
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    doc = json.loads(m.ca.bundle_path.read_text())
+    nums = cert.public_key().public_numbers()
+
+    def b64(i: int) -> str:
+        return base64.urlsafe_b64encode(i.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    doc["keys"].append({
+        "use": "jwt-svid", "kty": "EC", "crv": "P-256", "x": b64(nums.x), "y": b64(nums.y),
+        "kid": kid, "x5c": [base64.b64encode(cert.public_bytes(Encoding.DER)).decode()],
+    })
+    path = tmp_path / "bundle.spiffe.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_bundle_refuses_a_ca_certificate_as_signing_key(review_mesh: Any, tmp_path: Path) -> None:
+    """Regression guard: the intermediate CA carries the SPIFFE ID spiffe://<td> and chains to
+    the root, but as a jwt-svid entry it is refused (an end-entity profile is required)."""
+    from mesh.x509util import thumbprint
+
+    m = review_mesh(intermediate=True)
+    inter = m.ca.issuer_cert
+    kid = thumbprint(inter)
+    source = FileBundleSource(_add_jwt_entry(m, tmp_path, inter, kid))
+    assert kid not in source.kids()
+    assert "basicConstraints" in source.rejected[kid]
+    assert m.svids["auth"].thumbprint in source.kids()  # control: the real keys are there
+
+
+def test_bundle_refuses_kid_naming_another_certificate(review_mesh: Any, tmp_path: Path) -> None:
+    """Regression guard: an entry whose kid is another service's thumbprint (kid/x5c mismatch)
+    is refused, so a token naming that kid can never be checked with this entry's key."""
+    m = review_mesh()
+    other = review_mesh()  # an outsider's certificate, same trust domain name
+    source = FileBundleSource(
+        _add_jwt_entry(m, tmp_path, other.svids["orders"].certificate, "A" * 43))
+    assert "A" * 43 not in source.kids() and "thumbprint" in source.rejected["A" * 43]
