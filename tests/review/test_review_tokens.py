@@ -117,3 +117,48 @@ def test_errors_never_echo_the_token(review_mesh: Any) -> None:
         text = str(info.value) + repr(info.value.args)
         for part in (*token.split("."), *user.split(".")):
             assert part[:24] not in text
+
+
+@pytest.mark.xfail(strict=True, reason="review: non-P-256 peer key escapes as SigningError")
+def test_peer_with_p384_key_is_refused_as_untrusted(review_mesh: Any) -> None:
+    """A peer certificate from another issuer (SPIRE, cert-manager: DESIGN 5) may carry a P-384
+    key. ``ChainVerifier._peer`` only checks ``isinstance(EllipticCurvePublicKey)`` and then
+    builds ``jose.VerifyKey``, which raises ``SigningError`` (not a TokenError): the guard turns
+    it into INTERNAL / VERIFIER_FAILED and logs a traceback, instead of UNAUTHENTICATED with
+    the rule that failed."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    m = review_mesh()
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = datetime.now(UTC)
+    issuer = m.ca.issuer_cert
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orders")]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.UniformResourceIdentifier(str(m.id("orders"))),
+            x509.DNSName("orders.svc.mesh.internal")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
+                                              ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(m.ca._issuer_key, hashes.SHA256())
+    )
+    bundle = m.bundle()
+    assert bundle.verify_chain([cert]) == m.id("orders")  # a valid SVID of the trust domain
+    with pytest.raises(TokenError) as info:
+        m.verifier("payments", bundle=bundle).verify("a.b.c", cert)
+    assert info.value.reason == "CERT_UNTRUSTED"
