@@ -58,7 +58,14 @@ from ca.templates import (
     new_key,
     new_serial,
 )
-from ca.validate import check_dns, check_ips, check_name, check_trust_domain, same_key
+from ca.validate import (
+    check_dns,
+    check_dns_reserved,
+    check_ips,
+    check_name,
+    check_trust_domain,
+    same_key,
+)
 from mesh.errors import InvalidSpiffeIdError
 from mesh.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
 from mesh.x509util import thumbprint, uri_sans
@@ -325,6 +332,8 @@ class CertificateAuthority:
                 raise InvalidInput(f"service name {n!r} is given twice")
             seen.add(n)
         extra_dns = check_dns(dns)
+        for n in names:
+            check_dns_reserved(n, self.trust_domain, extra_dns)
         extra_ips = check_ips(ips)
         public_key = None
         if csr_pem is not None:

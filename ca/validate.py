@@ -52,6 +52,23 @@ def check_dns(names: Sequence[str]) -> list[str]:
     return out
 
 
+def check_dns_reserved(name: str, td: TrustDomain, dns: Sequence[str]) -> None:
+    """Refuse extra DNS names inside the trust domain's own namespace.
+
+    Python clients authenticate a server only by the pinned name ``<NAME>.svc.<td>`` (DESIGN
+    section 1), so every name under ``<td>`` is reserved to the service it names: a certificate
+    for ``orders`` naming ``payments.svc.<td>`` would let orders' key serve as payments.
+    """
+    own = td.service_dns_name(name)
+    suffix = "." + td.name
+    for extra in dns:
+        if extra != own and (extra == td.name or extra.endswith(suffix)):
+            raise InvalidSAN(
+                f"DNS name {extra!r} is inside trust domain {td.name}, where names are reserved "
+                f"to the service they name; {name} may only have {own} there"
+            )
+
+
 def check_ips(ips: Sequence[str | IPAddress]) -> list[IPAddress]:
     if isinstance(ips, str):
         raise InvalidSAN("ips must be a sequence of addresses, not a single string")

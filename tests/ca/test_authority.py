@@ -219,3 +219,27 @@ def test_bundle_is_published_before_the_svid_files(mesh_ca, tmp_path, monkeypatc
     mesh_ca.issue("orders", out_dir=tmp_path)
     assert replaced.index("bundle.spiffe.json") < replaced.index("svid_key.pem")
     assert replaced.index("bundle.spiffe.json") < replaced.index("svid.pem")
+
+
+@pytest.mark.parametrize(
+    "dns",
+    ["payments.svc.mesh.internal", "mesh.internal", "x.mesh.internal", "orders.svc.mesh.internal."],
+)
+def test_dns_names_inside_the_trust_domain_are_reserved(mesh_ca, dns) -> None:
+    """A name under the trust domain would let this service's key answer for another one."""
+    if dns == "orders.svc.mesh.internal.":
+        # control: the service's own name (trailing dot or not) is always allowed
+        svid = mesh_ca.issue("orders", dns=[dns])
+        san = svid.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert san.value.get_values_for_type(x509.DNSName) == ["orders.svc.mesh.internal"]
+        return
+    before = mesh_ca.records()
+    with pytest.raises(errors.InvalidSAN, match="reserved to the service they name"):
+        mesh_ca.issue("orders", dns=[dns])
+    assert mesh_ca.records() == before
+
+
+def test_dns_names_outside_the_trust_domain_are_allowed(mesh_ca) -> None:
+    svid = mesh_ca.issue("orders", dns=["orders.example.com", "mesh.internal.example.com"])
+    san = svid.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert "orders.example.com" in san.value.get_values_for_type(x509.DNSName)

@@ -59,7 +59,6 @@ def test_client_dns_pin_refuses_another_service(mesh_ca: Any) -> None:
         server.stop(None)
 
 
-@pytest.mark.xfail(strict=True, reason="review: CA issues a DNS SAN naming another service")
 def test_ca_refuses_extra_dns_san_of_another_service(mesh_ca: Any) -> None:
     """Python clients authenticate a server ONLY by the pinned DNS name
     ``<name>.svc.<td>`` (DESIGN 1). ``ca.validate.check_dns`` accepts any extra DNS name, so
@@ -70,7 +69,6 @@ def test_ca_refuses_extra_dns_san_of_another_service(mesh_ca: Any) -> None:
         mesh_ca.issue("orders", dns=["payments.svc.mesh.internal"])
 
 
-@pytest.mark.xfail(strict=True, reason="review: extra DNS SAN lets a service pose as another")
 def test_service_cannot_pose_as_another_server(mesh_ca: Any) -> None:
     """The same defect end to end, over real mutual TLS: the client pinned to payments reaches
     the orders service and gets its answer."""
