@@ -28,6 +28,11 @@ class AuditLog:
     def logger(self) -> logging.Logger:
         return self._logger
 
+    @property
+    def enabled(self) -> bool:
+        """Whether a decision line would be written (the logger is on for INFO)."""
+        return self._logger.isEnabledFor(logging.INFO)
+
     def record(self, *, method: str, peer: SpiffeId | None, user: str | None,
                chain: Sequence[SpiffeId], allowed: bool, reason: str, rule: str | None,
                verify_us: int) -> None:
