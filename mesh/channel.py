@@ -178,12 +178,8 @@ class MeshChannel(grpc.Channel):
             if len(args) > 1:  # request, then the optional arguments by position
                 call_kwargs = {**dict(zip(_CALL_ARGS, args[1:], strict=False)), **call_kwargs}
                 args = args[:1]
-            metadata = call_kwargs.get("metadata")
-            auth = ("authorization", "Bearer " + entry.minter.token())
-            call_kwargs["metadata"] = (
-                (*[kv for kv in metadata if kv[0] != "authorization"], auth) if metadata
-                else (auth,)
-            )
+            call_kwargs["metadata"] = _with_auth(call_kwargs.get("metadata"),
+                                                 entry.minter.metadatum())
             mc = self._multicallable(entry, spec)
             result = getattr(mc, attr)(*args, **call_kwargs)
         except BaseException:
@@ -244,6 +240,13 @@ class MeshChannel(grpc.Channel):
         self.close()
 
 
+def _with_auth(metadata: Any, auth: tuple[str, str]) -> tuple[tuple[str, Any], ...]:
+    """The caller's metadata without any authorization entry, plus the mesh token."""
+    if not metadata:
+        return (auth,)
+    return (*[kv for kv in metadata if kv[0] != "authorization"], auth)
+
+
 def _close_soon(channel: grpc.Channel) -> None:
     # Never inline: we may be in a done-callback on the channel's own event thread, and
     # close() waits for that thread to finish (a deadlock).
@@ -277,10 +280,27 @@ class _UnaryResponse:
     def __init__(self, channel: MeshChannel, kind: str, method: str, kwargs: dict[str, Any]
                  ) -> None:
         self._c, self._spec = channel, _Spec(kind, method, kwargs)
+        # (entry, its multicallable) of the last call: the blocking call below skips the
+        # lookup while the channel has not rotated. Replaced whole, so reads need no lock.
+        self._bound: tuple[_Entry, Any] | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._c._invoke(self._spec, "__call__", args, kwargs,
-                               blocking=True)
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,  # noqa: PLR0917 (grpc's own signature)
+                 credentials: grpc.CallCredentials | None = None,
+                 wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        # The common call (a stub's blocking unary call), with no argument juggling: this
+        # runs on every call and its cost adds to gRPC's own.
+        c = self._c
+        entry = c._acquire()
+        try:
+            bound = self._bound
+            if bound is None or bound[0] is not entry:
+                bound = (entry, c._multicallable(entry, self._spec))
+                self._bound = bound
+            return bound[1](request, timeout, _with_auth(metadata, entry.minter.metadatum()),
+                            credentials, wait_for_ready, compression)
+        finally:
+            c._release(entry)
 
     def with_call(self, *args: Any, **kwargs: Any) -> Any:
         return self._c._invoke(self._spec, "with_call", args, kwargs,

@@ -19,6 +19,8 @@ from mesh.tokens.signer import TokenSigner
 
 DEFAULT_TTL = 60
 
+Metadatum = tuple[str, str]
+
 
 class TokenMinter:
     """Thread-safe; bound to one SVID snapshot (a rotation builds a new minter)."""
@@ -37,11 +39,18 @@ class TokenMinter:
         self._max = max_entries
         self._require_user = require_user
         self._lock = threading.Lock()
-        # inbound token (None: app token) -> (minted token, reuse until)
-        self._cache: dict[str | None, tuple[str, float]] = {}
+        # inbound token (None: app token) -> (minted token, reuse until, metadata entry)
+        self._cache: dict[str | None, tuple[str, float, Metadatum]] = {}
 
     def token(self) -> str:
         """The token for an outgoing call made in the current context."""
+        return self.metadatum()[1][7:]
+
+    def metadatum(self) -> Metadatum:
+        """``("authorization", "Bearer <token>")`` for an outgoing call in the current context.
+
+        Built once per minted token: the entry is ~1 KB, and a call should not rebuild it.
+        """
         inbound = current_call()
         upstream = inbound.token if inbound is not None and inbound.user is not None else None
         if upstream is None and self._require_user:
@@ -54,23 +63,24 @@ class TokenMinter:
         if self._cache_on:
             hit = self._cache.get(upstream)
             if hit is not None and now < hit[1]:
-                return hit[0]
+                return hit[2]
         if upstream is not None and inbound is not None:
             token = self._signer.app_asserted_token(upstream, aud=self.callee, ttl=self._ttl)
             expires = min(now + self._ttl, float(inbound.expires_at))
         else:
             token = self._signer.app_token(self.callee, ttl=self._ttl)
             expires = now + self._ttl
+        entry: Metadatum = ("authorization", "Bearer " + token)
         if self._cache_on:
             reuse_until = now + (expires - now) * self._fraction
             with self._lock:
                 if len(self._cache) >= self._max:
                     self._evict(now)
-                self._cache[upstream] = (token, reuse_until)
-        return token
+                self._cache[upstream] = (token, reuse_until, entry)
+        return entry
 
     def _evict(self, now: float) -> None:
-        stale = [k for k, (_, until) in self._cache.items() if until <= now]
+        stale = [k for k, (_, until, _) in self._cache.items() if until <= now]
         for key in stale:
             del self._cache[key]
         while len(self._cache) >= self._max:
