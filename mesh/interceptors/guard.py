@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -41,6 +42,7 @@ TOKENLESS_RULE = "tokenless_methods"
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 Metadata = Iterable[tuple[str, str | bytes]]
+NO_PEER: Mapping[str, Any] = MappingProxyType({})  # what an edge port's wrapper passes
 
 
 class Rejected(Exception):

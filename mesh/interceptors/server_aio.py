@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 
 from mesh.context import enter_call, leave_call
+from mesh.interceptors.guard import NO_PEER as _NO_PEER
 from mesh.interceptors.guard import CallGuard, Rejected
 from mesh.tokens.verify import VerifiedChain
 
@@ -29,7 +30,8 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the st
 async def _check(guard: CallGuard, method: str, context: grpc.aio.ServicerContext[Any, Any]
                  ) -> VerifiedChain | None:
     try:
-        return guard.check(method, context.invocation_metadata() or (), context.auth_context())
+        return guard.check(method, context.invocation_metadata() or (),
+                           _NO_PEER if guard.edge else context.auth_context())
     except Rejected as rejected:
         await _abort(context, rejected.status)
 
