@@ -8,12 +8,16 @@ Domain and Bundle format) and, optionally, a PEM CRL. Nothing in the bundle is t
   anchor now (client-certificate profile: EKU clientAuth, SAN, AKI), holds exactly one SPIFFE ID
   in the trust domain, has the entry's public key and the thumbprint the entry's ``kid`` claims.
   An entry that fails is left out (and logged), never "mostly" trusted;
-- the CRL must be signed by an anchor or by an intermediate seen on a valid key's chain.
+- the CRL must be signed by an anchor or by an intermediate seen on a valid key's chain, and
+  must not be older than the one in force for its issuer (RFC 5280 5.2.3: a lower CRL number,
+  or without numbers an earlier thisUpdate, would un-revoke certificates); nor may a bundle
+  with a lower ``spiffe_sequence`` replace the one in force.
 
 Snapshots are immutable and swapped atomically, so readers never lock. The files are re-read when
 their identity (inode, size, mtime) changes, checked at most once per ``check_interval``, and, at
 most once per ``unknown_kid_interval``, when a token names a ``kid`` we do not know: a key
-rotation then never needs a restart. A file that fails to load keeps the previous snapshot.
+rotation then never needs a restart. A file that fails to load, or is older than what is in
+force, keeps the previous snapshot (logged, and named by ``update_refused``).
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ class _Snapshot:
     revoked: frozenset[tuple[bytes, int]]
     pending_crls: tuple[x509.CertificateRevocationList, ...]
     crl_next_update: datetime | None
+    #: per verified CRL issuer (subject DER): the newest CRL in force, for rollback checks
+    crl_versions: Mapping[bytes, _CrlVersion]
     sequence: int | None
     generation: int
     file_ids: tuple[tuple[int, ...] | None, ...]
@@ -184,12 +190,46 @@ def _verify_leaf(
 
 
 @dataclass(frozen=True, slots=True)
+class _CrlVersion:
+    """What orders two CRLs of one issuer (RFC 5280 5.2.3), and what the newer one revokes."""
+
+    issuer: str
+    number: int | None
+    this_update: datetime
+    serials: frozenset[int]
+
+    @staticmethod
+    def of(crl: x509.CertificateRevocationList) -> _CrlVersion:
+        try:
+            number: int | None = crl.extensions.get_extension_for_class(
+                x509.CRLNumber
+            ).value.crl_number
+        except x509.ExtensionNotFound:
+            number = None
+        return _CrlVersion(
+            crl.issuer.rfc4514_string(),
+            number,
+            crl.last_update_utc,
+            frozenset(entry.serial_number for entry in crl),
+        )
+
+    def older_than(self, other: _CrlVersion) -> bool:
+        if self.number is not None and other.number is not None:
+            return self.number < other.number
+        return self.this_update < other.this_update
+
+    def newest(self, other: _CrlVersion) -> _CrlVersion:
+        return other if self.older_than(other) else self
+
+
+@dataclass(frozen=True, slots=True)
 class _Crls:
     revoked: frozenset[tuple[bytes, int]]
     #: CRLs whose issuer is not (yet) known to be valid: an intermediate that no key of the
     #: bundle uses. They are applied in verify_chain once a validated path shows their issuer.
     pending: tuple[x509.CertificateRevocationList, ...]
     next_update: datetime | None
+    versions: Mapping[bytes, _CrlVersion] = field(default_factory=dict)
 
 
 def _load_crls(path: Path, issuers: Sequence[x509.Certificate]) -> _Crls:
@@ -203,6 +243,7 @@ def _load_crls(path: Path, issuers: Sequence[x509.Certificate]) -> _Crls:
     revoked: set[tuple[bytes, int]] = set()
     pending: list[x509.CertificateRevocationList] = []
     next_update: datetime | None = None
+    versions: dict[bytes, _CrlVersion] = {}
     for block in blocks:
         try:
             crl = x509.load_pem_x509_crl(block)
@@ -219,10 +260,53 @@ def _load_crls(path: Path, issuers: Sequence[x509.Certificate]) -> _Crls:
             )
         issuer_der = crl.issuer.public_bytes()
         revoked.update((issuer_der, entry.serial_number) for entry in crl)
+        version = _CrlVersion.of(crl)
+        seen = versions.get(issuer_der)
+        versions[issuer_der] = version if seen is None else seen.newest(version)
         nu = crl.next_update_utc
         if nu is not None and (next_update is None or nu < next_update):
             next_update = nu
-    return _Crls(frozenset(revoked), tuple(pending), next_update)
+    return _Crls(frozenset(revoked), tuple(pending), next_update, versions)
+
+
+def _check_crl_rollback(
+    path: Path,
+    previous: Mapping[bytes, _CrlVersion],
+    current: Mapping[bytes, _CrlVersion],
+    issuers: Sequence[x509.Certificate],
+) -> None:
+    """Refuse CRLs older than those in force: replaying an old, validly signed CRL (an old copy,
+    a lagging sync job) would otherwise un-revoke what was revoked since (RFC 5280 5.2.3)."""
+    still_issuers = {c.subject.public_bytes() for c in issuers}
+    for issuer_der, old in previous.items():
+        new = current.get(issuer_der)
+        who = old.issuer
+        if new is None:
+            if issuer_der in still_issuers:
+                raise BundleError(
+                    f"the CRL file {path} no longer holds a CRL of {who}, which is still a CA "
+                    "of the bundle; dropping it would un-revoke its certificates, so the CRLs "
+                    "in force are kept"
+                )
+            continue
+        if new.older_than(old):
+            what = (
+                f"CRL number {new.number}, lower than {old.number}"
+                if new.number is not None and old.number is not None
+                else f"thisUpdate {new.this_update.isoformat()}, earlier than "
+                f"{old.this_update.isoformat()}"
+            )
+            raise BundleError(
+                f"the CRL of {who} in {path} is older than the one in force ({what}); an old "
+                "CRL would un-revoke certificates (RFC 5280 5.2.3), so the newer one is kept"
+            )
+        if not old.older_than(new) and not old.serials <= new.serials:
+            raise BundleError(
+                f"the CRL of {who} in {path} has the same number as the one in force but "
+                "leaves out certificates it revokes; a CRL number must change with the content "
+                "(RFC 5280 5.2.3), so the one in force is kept"
+            )
+
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -253,8 +337,9 @@ class FileBundleSource:
         self._last_check = time.monotonic()
         self._last_forced = float("-inf")
         self._generation = 0
+        self._update_refused: str | None = None
         # The first load must succeed: a service must not start without its trust anchors.
-        self._snap = self._load(self._current_file_ids())
+        self._snap = self._load(self._current_file_ids(), None)
 
     # --- BundleSource -------------------------------------------------------------------------
 
@@ -279,6 +364,13 @@ class FileBundleSource:
     def rejected(self) -> Mapping[str, str]:
         """kid -> why that jwt-svid entry was left out (for diagnostics; never trusted)."""
         return self._snapshot().rejected
+
+    @property
+    def update_refused(self) -> str | None:
+        """Why the files on disk were not applied (unreadable, invalid, or older than the state
+        in force), or None when the snapshot in force is the files' current content."""
+        self._snapshot()
+        return self._update_refused
 
     def kids(self) -> tuple[str, ...]:
         return tuple(self._snapshot().keys)
@@ -341,7 +433,7 @@ class FileBundleSource:
             if (snap.revoked and _revocation_id(cert) in snap.revoked) or _pending_revokes(
                 snap.pending_crls, cert, path[i + 1]
             ):
-                what = "certificate" if cert is path[0] else "an issuing CA certificate"
+                what = "certificate" if cert is path[0] else "issuing CA certificate"
                 raise CertificateRevoked(
                     f"the {what} of {spiffe_id} (serial {cert.serial_number:x}) is revoked by "
                     "the CRL (DESIGN 4.1)"
@@ -377,20 +469,24 @@ class FileBundleSource:
         if ids == self._snap.file_ids and not force:
             return False
         try:
-            snap = self._load(ids)
+            snap = self._load(ids, self._snap)
         except BundleError as err:
             _log.warning("keeping the previous trust bundle: %s", err)
+            self._update_refused = str(err)
             # Remember the broken files' identity so we do not re-parse them on every check.
             self._snap = _replace_ids(self._snap, ids)
             return False
         self._snap = snap
+        self._update_refused = None
         _log.info(
             "trust bundle reloaded: %d signing keys, %d anchors, %d revoked serials",
             len(snap.keys), len(snap.anchors), len(snap.revoked),
         )
         return True
 
-    def _load(self, file_ids: tuple[tuple[int, ...] | None, ...]) -> _Snapshot:
+    def _load(
+        self, file_ids: tuple[tuple[int, ...] | None, ...], previous: _Snapshot | None
+    ) -> _Snapshot:
         path = self._path
         try:
             with open(path, "rb") as fh:
@@ -408,6 +504,8 @@ class FileBundleSource:
                 f"the trust bundle {path} is not a SPIFFE bundle (a JWKS object with 'keys')"
             )
         sequence = doc.get("spiffe_sequence")
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            sequence = None
         entries = [e for e in doc["keys"] if isinstance(e, dict)]
 
         anchors: list[x509.Certificate] = []
@@ -429,6 +527,18 @@ class FileBundleSource:
             raise BundleError(
                 f"the trust bundle {path}'s anchors carry no SPIFFE ID: pass the trust domain "
                 "explicitly"
+            )
+        if (
+            previous is not None
+            and previous.trust_domain == td
+            and previous.sequence is not None
+            and sequence is not None
+            and sequence < previous.sequence
+        ):
+            raise BundleError(
+                f"the trust bundle {path} has spiffe_sequence {sequence}, lower than the "
+                f"{previous.sequence} in force for {td}: it is an older bundle (it could bring "
+                "back removed keys or anchors), so the newer one is kept"
             )
         store = Store(anchors)
         now = _utcnow()
@@ -454,6 +564,8 @@ class FileBundleSource:
         crls = _Crls(frozenset(), (), None)
         if self._crl_path is not None:
             crls = _load_crls(self._crl_path, issuers)
+            if previous is not None:
+                _check_crl_rollback(self._crl_path, previous.crl_versions, crls.versions, issuers)
             if crls.next_update is not None and crls.next_update < now:
                 _log.warning(
                     "the CRL %s is stale (next update was due %s); still applying it",
@@ -470,7 +582,8 @@ class FileBundleSource:
             revoked=crls.revoked,
             pending_crls=crls.pending,
             crl_next_update=crls.next_update,
-            sequence=sequence if isinstance(sequence, int) else None,
+            crl_versions=crls.versions,
+            sequence=sequence,
             generation=self._generation,
             file_ids=file_ids,
         )

@@ -523,13 +523,17 @@ class ChainVerifier:
                 "not signed by a current member of this trust domain (DESIGN 4.5)",
                 hop=layer.hop,
             )
-        if self.bundle.is_revoked(key.certificate):
-            raise CertificateRevoked(
-                f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} was signed with the key "
-                f"of {key.spiffe_id}, whose certificate (serial "
-                f"{key.certificate.serial_number:x}) is revoked (DESIGN 4.5)",
-                hop=layer.hop,
-            )
+        # Leaf and intermediates alike: revoking a CA must end every key it certified. Done
+        # once per kid and generation (the memo below), so the request path stays a lookup.
+        for cert in key.chain or (key.certificate,):
+            if self.bundle.is_revoked(cert):
+                what = "certificate" if cert == key.certificate else "issuing CA certificate"
+                raise CertificateRevoked(
+                    f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} was signed with the "
+                    f"key of {key.spiffe_id}, whose {what} (serial {cert.serial_number:x}) is "
+                    "revoked (DESIGN 4.5)",
+                    hop=layer.hop,
+                )
         if len(self._keys) >= _KEY_MEMO_MAX:
             self._keys.clear()
         # A key_for() that reloaded the bundle moved the generation on: memo under the new one.

@@ -29,7 +29,6 @@ def test_peer_under_revoked_intermediate_is_refused(review_mesh: Any, tmp_path: 
         bundle.verify_chain(list(m.svids["gateway"].chain))
 
 
-@pytest.mark.xfail(strict=True, reason="review: bundle keys check only the leaf for revocation")
 def test_edge_refuses_user_token_signed_under_revoked_intermediate(
     review_mesh: Any, tmp_path: Path
 ) -> None:
@@ -47,7 +46,6 @@ def test_edge_refuses_user_token_signed_under_revoked_intermediate(
         m.verifier("gateway", bundle=bundle).verify(token, None)
 
 
-@pytest.mark.xfail(strict=True, reason="review: an older CRL (lower CRLNumber) un-revokes")
 def test_crl_rollback_does_not_unrevoke(review_mesh: Any, tmp_path: Path) -> None:
     """Replacing crl.pem with an OLDER CRL validly signed by the CA (lower CRLNumber, earlier
     thisUpdate) silently un-revokes certificates. Deleting or corrupting the file keeps the
