@@ -604,9 +604,20 @@ class FileBundleSource:
         if thumbprint(leaf) != kid:
             raise ValueError("has a kid that is not its certificate's x5t#S256 thumbprint")
         public_key = leaf.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+            public_key.curve, ec.SECP256R1
+        ):
+            what = (
+                f"an ECDSA {public_key.curve.name} key"
+                if isinstance(public_key, ec.EllipticCurvePublicKey)
+                else "no ECDSA key"
+            )
+            raise ValueError(
+                f"has a certificate with {what}, but meshid tokens are ES256, which needs a "
+                "P-256 key (DESIGN 3)"
+            )
         if not _jwk_matches(entry, public_key):
             raise ValueError("has a JWK that is not its certificate's P-256 public key")
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)  # checked by _jwk_matches
         try:
             spiffe_id = spiffe_id_of(leaf)
         except InvalidSpiffeIdError as err:

@@ -187,9 +187,17 @@ class ChainVerifier:
             # or CRL changes (new generation), its validity window on every call.
             spiffe_id = self.bundle.verify_chain([cert, *intermediates])
             public_key = cert.public_key()
-            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+                public_key.curve, ec.SECP256R1
+            ):
+                what = (
+                    f"an ECDSA {public_key.curve.name} key"
+                    if isinstance(public_key, ec.EllipticCurvePublicKey)
+                    else "no ECDSA key"
+                )
                 raise CertificateUntrusted(
-                    f"the peer {spiffe_id} has no ECDSA key, so it cannot sign ES256 tokens"
+                    f"the peer {spiffe_id}'s certificate has {what}, but meshid tokens are "
+                    "ES256, which needs a P-256 key (DESIGN 3)"
                 )
             peer = _Peer(
                 spiffe_id=spiffe_id,

@@ -119,7 +119,6 @@ def test_errors_never_echo_the_token(review_mesh: Any) -> None:
             assert part[:24] not in text
 
 
-@pytest.mark.xfail(strict=True, reason="review: non-P-256 peer key escapes as SigningError")
 def test_peer_with_p384_key_is_refused_as_untrusted(review_mesh: Any) -> None:
     """A peer certificate from another issuer (SPIRE, cert-manager: DESIGN 5) may carry a P-384
     key. ``ChainVerifier._peer`` only checks ``isinstance(EllipticCurvePublicKey)`` and then
