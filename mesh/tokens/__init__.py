@@ -10,7 +10,7 @@ from mesh.tokens.claims import APP, APP_ASSERTED, USER
 from mesh.tokens.errors import BundleError, SigningError, TokenError
 from mesh.tokens.result import Hop, VerifiedChain
 from mesh.tokens.signer import TokenSigner
-from mesh.tokens.verify import ChainVerifier, VerifyLimits
+from mesh.tokens.verify import ChainVerifier, MaxLifetime, VerifyLimits
 
 __all__ = [
     "APP",
@@ -22,6 +22,7 @@ __all__ = [
     "ChainVerifier",
     "FileBundleSource",
     "Hop",
+    "MaxLifetime",
     "SigningError",
     "TokenError",
     "TokenSigner",

@@ -6,10 +6,10 @@ wrapped token may also carry a :class:`ChainVerdict`: "this token and everything
 valid upstream chain (DESIGN 4.5) for the end user ``user``", which is a function of the token's
 bytes (they include the whole inner chain) plus the things the verdict records and the verifier
 re-checks on every use: the bundle and its generation (keys, revocations), the clock (the
-subchain's time window), the verifier's trusted user-token issuers and its depth limit.
-Everything that depends on where the token appears (the peer, the wrapping token, this service)
-is checked again on every call. Failures are never stored, so the cache can only save work,
-never turn a rejection into an acceptance.
+subchain's time window), the verifier's trusted user-token issuers, maximum lifetimes and its
+depth limit. Everything that depends on where the token appears (the peer, the wrapping token,
+this service) is checked again on every call. Failures are never stored, so the cache can only
+save work, never turn a rejection into an acceptance.
 
 Bounded (least recently used out first) and thread-safe.
 """
@@ -34,8 +34,9 @@ class ChainVerdict(NamedTuple):
     It holds for a verifier only while ``bundle`` is that verifier's bundle source (identity:
     two sources can share a generation number) at ``generation``; the clock is inside every
     layer's time window (``iat``/``nbf`` .. ``exp``, with that verifier's leeway) and every
-    signing certificate's validity; the verifier trusts ``user_iss``; and the chain fits its
-    depth limit. The verifier checks all of that on each use and otherwise verifies in full.
+    signing certificate's validity; the layers' lifetimes are within its maximum; the verifier
+    trusts ``user_iss``; and the chain fits its depth limit. The verifier checks all of that on
+    each use and otherwise verifies in full.
     """
 
     bundle: object
@@ -49,6 +50,10 @@ class ChainVerdict(NamedTuple):
     #: latest ``not_before`` / earliest ``not_after`` of their signing certificates
     key_not_before: int
     key_not_after: int
+    #: the user token's ``exp - iat``, and the longest ``exp - iat`` of the app-asserted layers
+    #: (0 if none): checked against each verifier's own ``max_lifetime``
+    user_lifetime: int
+    asserted_lifetime: int
     #: the innermost (user) token's issuer, as text
     user_iss: str
     #: the layers' hops, this token's first

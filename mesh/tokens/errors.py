@@ -143,6 +143,12 @@ class TokenNotYetValid(TokenTimeError):
     reason = "TOKEN_NOT_YET_VALID"
 
 
+class TokenLifetimeTooLong(TokenTimeError):
+    """``exp - iat`` exceeds the verifier's maximum lifetime for the token's kind."""
+
+    reason = "TOKEN_LIFETIME_TOO_LONG"
+
+
 # --- who issued it, for whom, and how the layers fit -------------------------------------------
 
 

@@ -34,7 +34,9 @@ class TokenSigner:
     """Signs user, app and app-asserted tokens as the service whose SVID is ``chain[0]``.
 
     ``key`` must be the leaf's ECDSA P-256 private key. The signer's SPIFFE ID comes from the leaf
-    and ``kid`` is the leaf's ``x5t#S256``, so a verifier can find the key in the bundle.
+    and ``kid`` is the leaf's ``x5t#S256``, so a verifier can find the key in the bundle. No token
+    outlives the leaf: ``exp`` is capped at its ``not_after`` (a verifier refuses a token whose
+    signing certificate has expired anyway, so a longer ``exp`` would only be a false promise).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class TokenSigner:
                 f"the private key does not belong to the certificate of {self.spiffe_id}"
             )
         self.kid = thumbprint(leaf)
+        self.not_after = int(leaf.not_valid_after_utc.timestamp())
         self._key = jose.SignKey(key, self.kid)
         self._clock = clock
 
@@ -68,12 +71,17 @@ class TokenSigner:
         if type(ttl) is not int or ttl <= 0:
             raise SigningError("ttl must be a positive whole number of seconds")
         now = int(self._clock())
+        if now >= self.not_after:
+            raise SigningError(
+                f"the signing certificate of {self.spiffe_id} expired at {self.not_after} "
+                "(Unix time); renew the SVID before minting tokens"
+            )
         return {
             "iss": str(self.spiffe_id),
             "sub": sub,
             "aud": aud,
             "iat": now,
-            "exp": now + ttl,
+            "exp": min(now + ttl, self.not_after),
             "jti": _jti(),
         }
 

@@ -57,6 +57,7 @@ from mesh.tokens.errors import (
     SubjectMismatch,
     TokenError,
     TokenExpired,
+    TokenLifetimeTooLong,
     TokenMalformed,
     TokenNotYetValid,
     TokenTooDeep,
@@ -66,12 +67,32 @@ from mesh.tokens.errors import (
 from mesh.tokens.result import Hop, VerifiedChain
 from mesh.x509util import thumbprint
 
-__all__ = ["ChainVerifier", "Hop", "VerifiedChain", "VerifyLimits"]
+__all__ = ["ChainVerifier", "Hop", "MaxLifetime", "VerifiedChain", "VerifyLimits"]
 
 DEFAULT_MAX_SIZE = 8 * 1024
 DEFAULT_MAX_DEPTH = 4
 DEFAULT_LEEWAY = 30
 AUTH_SERVICE = "auth"
+DEFAULT_MAX_USER_LIFETIME = 3600
+DEFAULT_MAX_SERVICE_LIFETIME = 600
+
+
+@dataclass(frozen=True, slots=True)
+class MaxLifetime:
+    """The longest ``exp - iat`` accepted per token kind, in seconds.
+
+    A stolen token is worth its lifetime; the signer's defaults (15 min, 60 s) sit well below
+    these, so only a misconfigured or hostile issuer hits them.
+    """
+
+    user: int = DEFAULT_MAX_USER_LIFETIME
+    app: int = DEFAULT_MAX_SERVICE_LIFETIME
+    app_asserted: int = DEFAULT_MAX_SERVICE_LIFETIME
+
+    def __post_init__(self) -> None:
+        for value in (self.user, self.app, self.app_asserted):
+            if type(value) is not int or value < 1:
+                raise ValueError("maximum token lifetimes must be positive whole seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +101,14 @@ class VerifyLimits:
 
     ``max_depth`` counts wraps: a user token alone is depth 0, four app-asserted layers around
     it are depth 4 (five signatures). ``trusted_user_issuers`` None means
-    ``spiffe://<trust domain>/svc/auth``.
+    ``spiffe://<trust domain>/svc/auth``. ``max_lifetime`` bounds ``exp - iat`` per kind.
     """
 
     max_size: int = DEFAULT_MAX_SIZE
     max_depth: int = DEFAULT_MAX_DEPTH
     leeway: int = DEFAULT_LEEWAY
     trusted_user_issuers: tuple[SpiffeId, ...] | None = None
+    max_lifetime: MaxLifetime = MaxLifetime()
 
     def __post_init__(self) -> None:
         if self.max_size < 1 or self.max_depth < 0 or self.leeway < 0:
@@ -151,6 +173,10 @@ class ChainVerifier:
         self.trusted_user_issuers: frozenset[SpiffeId] = frozenset(issuers)
         # Compared as text on the request path: hashing a SpiffeId dataclass costs ~3 us.
         self._trusted_texts = frozenset(str(i) for i in issuers)
+        lifetimes = limits.max_lifetime
+        self._max_life = {
+            USER: lifetimes.user, APP: lifetimes.app, APP_ASSERTED: lifetimes.app_asserted
+        }
         self._peers: dict[x509.Certificate, _Peer] = {}
         self._peers_lock = threading.Lock()
         # The last peer by object identity: the gRPC layer keeps one certificate object per
@@ -282,6 +308,8 @@ class ChainVerifier:
             and now < verdict.exp + leeway
             and verdict.not_before <= now + leeway
             and verdict.key_not_before <= now < verdict.key_not_after
+            and verdict.user_lifetime <= self._max_life[USER]
+            and verdict.asserted_lifetime <= self._max_life[APP_ASSERTED]
             and verdict.user_iss in self._trusted_texts
             and hop + verdict.layers - 1 <= self.limits.max_depth
         )
@@ -325,7 +353,7 @@ class ChainVerifier:
             assert c.typ == USER and layer.entry.user_claims is not None
             return ChainVerdict(
                 self.bundle, generation, 1, c.exp, not_before, key.not_before, key.not_after,
-                c.iss_text, (hop,), (), c.sub, layer.entry.user_claims,
+                c.exp - c.iat, 0, c.iss_text, (hop,), (), c.sub, layer.entry.user_claims,
             )
         v = below.verdict
         assert v is not None and v.generation == generation and v.bundle is self.bundle
@@ -337,6 +365,8 @@ class ChainVerifier:
             max(not_before, v.not_before),
             max(key.not_before, v.key_not_before),
             min(key.not_after, v.key_not_after),
+            v.user_lifetime,
+            max(c.exp - c.iat, v.asserted_lifetime),
             v.user_iss,
             (hop, *v.hops),
             (*v.chain, c.iss),
@@ -590,7 +620,7 @@ class ChainVerifier:
         c, leeway = layer.claims, self.limits.leeway
         if now < c.exp + leeway and c.iat <= now + leeway and (
             c.nbf is None or c.nbf <= now + leeway
-        ):
+        ) and c.exp - c.iat <= self._max_life[c.typ]:
             return
         hop = layer.hop
         what = f"the {KIND_NAMES[c.typ]} at hop {hop} from {c.iss}"
@@ -605,8 +635,16 @@ class ChainVerifier:
                 f"{leeway} s); check the issuer's clock (DESIGN 4.4)",
                 hop=hop,
             )
-        raise TokenNotYetValid(
-            f"{what} is not valid for another {(c.nbf or 0) - now} s (nbf) (DESIGN 4.4)", hop=hop
+        if c.nbf is not None and c.nbf > now + leeway:
+            raise TokenNotYetValid(
+                f"{what} is not valid for another {c.nbf - now} s (nbf) (DESIGN 4.4)", hop=hop
+            )
+        limit = self._max_life[c.typ]
+        raise TokenLifetimeTooLong(
+            f"{what} is valid for {c.exp - c.iat} s (exp - iat), over this service's limit of "
+            f"{limit} s for {KIND_NAMES[c.typ]}s (VerifyLimits.max_lifetime); a long-lived "
+            "token is worth more to whoever steals it",
+            hop=hop,
         )
 
     def _result(self, token: str, layers: list[_Layer], peer: _Peer | None) -> VerifiedChain:

@@ -84,7 +84,6 @@ def test_edge_guard_refuses_service_tokens(review_mesh: Any) -> None:
         assert info.value.reason == "TYPE_MISMATCH"
 
 
-@pytest.mark.xfail(strict=True, reason="review: call cache outlives the signing certificate")
 def test_call_cache_stops_at_signing_certificate_expiry(review_mesh: Any) -> None:
     """CallGuard._verify's cache hit checks the bundle generation, the chain's earliest exp and
     the PEER certificate's not_after, but not the not_after of the certificates that signed

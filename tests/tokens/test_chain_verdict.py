@@ -23,6 +23,7 @@ from mesh.tokens import (
     BundleKey,
     ChainVerifier,
     FileBundleSource,
+    MaxLifetime,
     TokenError,
     TokenSigner,
     VerifiedChain,
@@ -208,15 +209,19 @@ def test_an_inner_token_issued_in_the_future_of_a_clock_set_back(mesh: Any) -> N
 
 def test_an_inner_signing_certificate_past_its_validity(mesh: Any) -> None:
     """Tokens valid for two days, signed by certificates of one (auth, gateway) and three
-    (ledger, the peer) days: a day later the cached subchain's signers are no longer valid."""
+    (ledger, the peer) days: a day later the cached subchain's signers are no longer valid.
+    Our signer caps exp at its certificate's end, so the inner tokens are forged (another
+    issuer's signer need not), and the verifiers accept such lifetimes."""
     ledger = mesh.ca.issue("ledger", ttl=timedelta(days=3))
     ledger_signer = TokenSigner(ledger.private_key, ledger.chain, clock=mesh.clock)
     two_days = 2 * 86_400
-    user = mesh.user_token("gateway", ttl=two_days)
-    inner = mesh.wrap(user, "gateway", "ledger", ttl=two_days)
+    exp = int(mesh.clock.now) + two_days
+    user = mesh.forge_signed("user+jwt", "auth", [str(mesh.id("gateway"))], exp=exp)
+    inner = mesh.forge_signed("app-asserted+jwt", "gateway", "ledger", exp=exp, upstream=user)
     bundle = CountingBundle(mesh.bundle(check_interval=3600))
     cache = VerifiedTokenCache(clock=mesh.clock)
-    v = _verifier(mesh, "payments", bundle, cache)
+    long = MaxLifetime(user=two_days, app_asserted=two_days)
+    v = _verifier(mesh, "payments", bundle, cache, max_lifetime=long)
     v.verify(ledger_signer.app_asserted_token(inner, mesh.id("payments"), ttl=two_days),
              ledger.certificate)
     mesh.clock.now += 86_400 + 120
@@ -225,7 +230,7 @@ def test_an_inner_signing_certificate_past_its_validity(mesh: Any) -> None:
         v.verify(outer, ledger.certificate)
     assert info.value.hop == 1
     assert _outcome(v, outer, ledger.certificate) == _outcome(
-        _verifier(mesh, "payments", bundle, None), outer, ledger.certificate)
+        _verifier(mesh, "payments", bundle, None, max_lifetime=long), outer, ledger.certificate)
 
 
 def test_a_smaller_depth_limit_sharing_the_cache(mesh: Any) -> None:
@@ -313,10 +318,12 @@ HOPS = ["gateway", "orders", "payments", "inventory"]
     max_depth=st.sampled_from([4, 4, 4, 0, 1, 2, 3, 5]),
     leeway=st.sampled_from([0, 5, 30]),
     trust_auth=st.sampled_from([True, True, True, False]),
+    lifetimes=st.sampled_from([None, None, (600, 60), (300, 60)]),
 )
 def test_cached_and_uncached_verifiers_agree(
     mesh: Any, path: list[str], user_ttl: int, ttls: list[int], sub: str, roles: list[str],
     later: int, tamper: str | None, max_depth: int, leeway: int, trust_auth: bool,
+    lifetimes: tuple[int, int] | None,
 ) -> None:
     """A random chain is verified once (warming a shared cache), the clock moves, a new outer
     token (maybe tampered) wraps the same inner chain, and a cached verifier with random limits
@@ -342,6 +349,8 @@ def test_cached_and_uncached_verifiers_agree(
         limits: dict[str, Any] = {"max_depth": max_depth, "leeway": leeway}
         if not trust_auth:
             limits["trusted_user_issuers"] = (mesh.id("gateway"),)
+        if lifetimes is not None:  # stricter than the verifier that warmed the cache
+            limits["max_lifetime"] = MaxLifetime(user=lifetimes[0], app_asserted=lifetimes[1])
         cached = _verifier(mesh, callee, bundle, cache, **limits)
         plain = _verifier(mesh, callee, bundle, None, **limits)
         first, second = _outcome(cached, outer, peer), _outcome(cached, outer, peer)
