@@ -41,6 +41,10 @@ class SvidFileError(SvidError):
     """An SVID file is missing, unreadable or not PEM of the expected kind."""
 
 
+class SvidKeyPermissionError(SvidFileError):
+    """``svid_key.pem`` can be read or written by users other than its owner."""
+
+
 class SvidKeyMismatchError(SvidError):
     """The private key does not belong to the leaf certificate."""
 
@@ -150,9 +154,30 @@ class StaticSvid:
         """Nothing ever changes; the listener is never called."""
 
 
-def _fingerprint(path: Path) -> tuple[int, int, int, int]:
+Fingerprint = tuple[int, int, int, int, int]
+
+
+def _fingerprint(path: Path) -> Fingerprint:
+    # The mode too: a chmod alone (loosening the key, or fixing it) must be looked at again.
     st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_mode)
+
+
+def _read_key(path: Path) -> bytes:
+    """Read the key file, refusing one that group or other may access (like ssh does).
+
+    A key another local user can read lets them be this service: its TLS identity and every
+    token it signs. The mode is taken from the open file, so it is the mode of what was read.
+    """
+    with path.open("rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode & 0o777
+        data = fh.read()
+    if mode & 0o077:
+        raise SvidKeyPermissionError(
+            f"{path} is open to other users (mode {mode:04o}); a service key must be "
+            f"readable by its owner only (DESIGN 2: 0600): run chmod 600 on it"
+        )
+    return data
 
 
 class X509SvidFolder:
@@ -163,6 +188,11 @@ class X509SvidFolder:
     mtime is still seen). ``start()`` adds a daemon thread doing the same, so listeners hear of
     a rotation even while no call asks. A half-written or mismatched set keeps the old snapshot
     and is retried on the next poll; the first load must succeed.
+
+    ``svid_key.pem`` must be closed to group and other (no bit of ``0o077``; DESIGN 2 says
+    0600, 0400 is fine too): such a key fails the first load with
+    :class:`SvidKeyPermissionError`, and a reload finding one keeps the current identity and
+    logs a warning until the file is replaced or its mode fixed.
     """
 
     def __init__(self, path: Path | str, *, poll_interval: float = 1.0) -> None:
@@ -171,7 +201,7 @@ class X509SvidFolder:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._next_check = 0.0
-        self._bad_fp: tuple[tuple[int, int, int, int], ...] | None = None
+        self._bad_fp: tuple[Fingerprint, ...] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         fp = self._fingerprints()
@@ -183,7 +213,7 @@ class X509SvidFolder:
     def path(self) -> Path:
         return self._dir
 
-    def _fingerprints(self) -> tuple[tuple[int, int, int, int], ...]:
+    def _fingerprints(self) -> tuple[Fingerprint, ...]:
         try:
             return tuple(_fingerprint(self._dir / n) for n in (SVID_FILE, KEY_FILE, BUNDLE_FILE))
         except OSError as err:
@@ -194,10 +224,11 @@ class X509SvidFolder:
     def _load(self, generation: int) -> Svid:
         blobs = []
         for name in (SVID_FILE, KEY_FILE, BUNDLE_FILE):
+            path = self._dir / name
             try:
-                blobs.append((self._dir / name).read_bytes())
+                blobs.append(_read_key(path) if name == KEY_FILE else path.read_bytes())
             except OSError as err:
-                raise SvidFileError(f"cannot read {self._dir / name}: {err.strerror}") from err
+                raise SvidFileError(f"cannot read {path}: {err.strerror}") from err
         return build_svid(blobs[0], blobs[1], blobs[2], generation)
 
     def current(self) -> Svid:
@@ -218,6 +249,10 @@ class X509SvidFolder:
                 return False
             try:
                 new = self._load(self._svid.generation + 1)
+            except SvidKeyPermissionError as err:
+                _log.warning("SVID reload refused, keeping the current identity: %s", err)
+                self._bad_fp = fp
+                return False
             except SvidError as err:
                 # Likely caught mid-rotation: keep serving the old identity, and look again
                 # once the files change (a writer finishing changes them; no log flood).

@@ -22,6 +22,7 @@ from mesh.svid import (
     StaticSvid,
     SvidFileError,
     SvidKeyMismatchError,
+    SvidKeyPermissionError,
     SvidNotSpiffeError,
     X509SvidFolder,
     build_svid,
@@ -72,6 +73,7 @@ def test_folder_refuses_a_broken_first_load(kit: Any, tmp_path: Path) -> None:
     for name, src in (("svid.pem", "orders"), ("svid_key.pem", "gateway"),
                       ("svid_bundle.pem", "orders")):
         (mixed / name).write_bytes((kit.folder(src) / name).read_bytes())
+    os.chmod(mixed / "svid_key.pem", 0o600)
     with pytest.raises(SvidKeyMismatchError, match="does not belong"):
         X509SvidFolder(mixed)
     (mixed / "svid_key.pem").write_bytes(b"not a key")
@@ -164,8 +166,50 @@ def test_context_is_cleared_outside_calls_and_survives_copy_context(kit: Any,
     assert current_call() is None
 
 
-def test_key_file_permissions_are_not_our_business_but_reading_is(kit: Any) -> None:
-    source = kit.identity("orders")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602, 0o620, 0o610, 0o601])
+def test_key_file_open_to_other_users_is_refused(kit: Any, mode: int) -> None:
+    """DESIGN 2: svid_key.pem is 0600. Any group/other bit (read, write or execute) refuses
+    the first load, with the rule and the fix in the message and no key material."""
+    kit.identity("orders")
     key = kit.folder("orders") / "svid_key.pem"
-    assert os.stat(key).st_mode & 0o777 == 0o600
-    assert source.path == kit.folder("orders")
+    os.chmod(key, mode)
+    with pytest.raises(SvidKeyPermissionError) as info:
+        X509SvidFolder(kit.folder("orders"))
+    text = str(info.value)
+    assert f"mode {mode:04o}" in text and "open to other users" in text
+    assert "chmod 600" in text and "PRIVATE KEY" not in text
+    assert isinstance(info.value, SvidFileError)  # the file-error family callers catch
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o700])
+def test_key_file_closed_to_other_users_loads(kit: Any, mode: int) -> None:
+    """Negative control: owner-only modes load."""
+    kit.identity("orders")
+    os.chmod(kit.folder("orders") / "svid_key.pem", mode)
+    assert X509SvidFolder(kit.folder("orders")).current().spiffe_id == kit.td.service("orders")
+
+
+def test_reload_with_key_open_to_other_users_keeps_the_identity(
+        kit: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A rotation that lands a group-readable key is not taken: the old identity stays, a
+    warning names the rule; fixing the mode (a chmod alone) lets the next poll take it."""
+    source = kit.identity("orders", poll=0)
+    first = source.current()
+    folder = kit.folder("orders")
+    renewed = kit.ca.renew("orders")
+    renewed.write_to(folder)
+    os.chmod(folder / "svid_key.pem", 0o644)
+    caplog.set_level(logging.WARNING, logger="mesh.svid")
+    assert source.current() is first
+    assert source.current() is first  # the same bad files are not re-read nor re-logged
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mesh.svid"]
+    assert len(warnings) == 1 and "keeping the current identity" in warnings[0]
+    assert "open to other users (mode 0644)" in warnings[0]
+    assert "PRIVATE KEY" not in caplog.text
+    os.chmod(folder / "svid_key.pem", 0o600)
+    second = source.current()
+    assert second.generation == 1 and second.leaf == renewed.certificate
+    # and a key loosened under a running service is noticed (warned about), not served anew
+    os.chmod(folder / "svid_key.pem", 0o640)
+    assert source.current() is second
+    assert "mode 0640" in caplog.records[-1].getMessage()

@@ -11,7 +11,6 @@ import pytest
 from mesh.svid import SvidError, X509SvidFolder
 
 
-@pytest.mark.xfail(strict=True, reason="review: a world-readable svid_key.pem is used silently")
 def test_service_refuses_a_key_file_open_to_other_users(mesh_ca: Any, tmp_path: Path) -> None:
     """The CA refuses its own key when group/other can read it ("like ssh does",
     ca/fsio.load_key), but X509SvidFolder loads a service's svid_key.pem whatever its mode.
