@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -69,8 +69,10 @@ class PeerInfo:
 class _Verified:
     """A verified chain, the bundle generation it was verified under, decisions made for it.
 
-    ``valid_until``: the chain's earliest ``exp`` and, on a mutual-TLS port, the peer
-    certificate's ``notAfter``, whichever comes first.
+    ``valid_until``: the earliest of the chain's ``exp``, the ``notAfter`` of every certificate
+    whose key signed a layer (the peer's on a mutual-TLS port, the bundle keys' for the
+    rest): the verifier refuses a layer whose signing certificate has expired, whatever its
+    ``exp`` says, so the remembered call must end there too.
     """
 
     chain: VerifiedChain
@@ -121,8 +123,10 @@ class CallGuard:
     def __init__(self, *, own_id: SpiffeId, verifier: ChainVerifier, bundle: BundleSource,
                  policy: Policy, audit: AuditLog, edge: bool = False,
                  tokenless_methods: Iterable[str] = HEALTH_METHODS,
-                 peer_cache_size: int = 1024, call_cache_size: int = 4096) -> None:
+                 peer_cache_size: int = 1024, call_cache_size: int = 4096,
+                 clock: Callable[[], float] = time.time) -> None:
         self.own_id = own_id
+        self._clock = clock  # a test's fake clock must be the verifier's too
         self._verifier = verifier
         self._bundle = bundle
         self._policy = policy
@@ -132,8 +136,9 @@ class CallGuard:
         self._peers = _PeerCache(peer_cache_size) if peer_cache_size > 0 else None
         # (token, peer PEM) -> (chain, bundle generation). A hit skips the verifier only while
         # nothing it depended on can have changed: same bytes from the same certificate, the
-        # same bundle/CRL generation, and before the chain's earliest exp (no leeway). The
-        # policy's decision is remembered per method for that chain (the policy is immutable).
+        # same bundle/CRL generation, and before the chain's earliest exp or signing
+        # certificate notAfter (no leeway, see _Verified). The policy's decision is remembered
+        # per method for that chain (the policy is immutable).
         self._calls: dict[tuple[str, bytes | None], _Verified] | None = (
             {} if call_cache_size > 0 else None
         )
@@ -157,16 +162,31 @@ class CallGuard:
         key = (token, peer.pem if peer else None)
         generation = self._bundle.generation
         hit = cache.get(key)
-        if hit is not None and hit.generation == generation and time.time() < hit.valid_until:
+        if hit is not None and hit.generation == generation and self._clock() < hit.valid_until:
             return hit
         chain = self._verifier.verify(token, peer.certificate if peer else None)
-        entry = _Verified(chain, generation,
-                          min(float(chain.expires_at), peer.not_after if peer else math.inf))
+        entry = _Verified(chain, generation, min(float(chain.expires_at), self._signers_until(
+            chain, peer.not_after if peer else math.inf)))
         with self._calls_lock:
             if len(cache) >= self._calls_max:
                 cache.clear()
             cache[key] = entry
         return entry
+
+    def _signers_until(self, chain: VerifiedChain, peer_not_after: float) -> float:
+        """The earliest ``notAfter`` of the certificates that signed ``chain``'s layers.
+
+        On a mutual-TLS port hop 0 is signed by the peer's own key (``peer_not_after``); every
+        other layer, and an edge port's user token, by a bundle key found by its ``kid``. A key
+        the bundle no longer holds (it changed since the check) gives -inf: never short-cut.
+        """
+        until = peer_not_after
+        for hop in chain.hops[0 if self._edge else 1:]:
+            key = self._bundle.key_for(hop.kid)
+            if key is None:
+                return -math.inf
+            until = min(until, float(key.not_after))
+        return until
 
     def _decide(self, method: str, verified: _Verified) -> Decision:
         # The policy is immutable and decides from (method, chain) alone, so a decision can be
@@ -236,7 +256,7 @@ class CallGuard:
             pem = pems[0]
         hit = calls.get((value[7:], pem))
         if (hit is None or hit.generation != self._bundle.generation
-                or not time.time() < hit.valid_until):
+                or not self._clock() < hit.valid_until):
             return None
         decision = hit.decisions.get(method)
         if decision is None or not decision.allowed:

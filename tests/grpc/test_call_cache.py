@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from mesh.audit import LOGGER_NAME
+from mesh.audit import LOGGER_NAME, AuditLog
+from mesh.interceptors.guard import CallGuard, Rejected
 from mesh.policy import Policy, Rule
 from mesh.status import error_info
+from mesh.tokens.bundle import FileBundleSource
+from mesh.tokens.jose import SignKey
 from mesh.tokens.signer import TokenSigner
+from mesh.tokens.verify import ChainVerifier
 
 UNARY = "/test.v1.Echo/Unary"
 STREAM = "/test.v1.Echo/ServerStream"
@@ -106,3 +113,63 @@ def test_remembered_calls_are_audited_too(kit: Any, caplog: pytest.LogCaptureFix
         ("allow", "ALLOWED", "apps", "spiffe://mesh.internal/svc/gateway")] * 3
     assert all(isinstance(x["verify_us"], int) for x in lines)
     channel.close()
+
+
+class _CountingVerifier(ChainVerifier):
+    """A real verifier that counts full checks (to see the call cache answer)."""
+
+    full_checks = 0
+
+    def verify(self, *args: Any, **kwargs: Any) -> Any:
+        self.full_checks += 1
+        return super().verify(*args, **kwargs)
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["mtls-wrapped", "edge"])
+def test_remembered_call_ends_when_a_signing_certificate_expires(kit: Any, edge: bool) -> None:
+    """A user token outliving the auth certificate that signed it (forged by hand: our signer
+    caps exp at its certificate's notAfter, another issuer may not) is served from the call
+    cache only until that certificate expires; then the full check refuses it, CERT_UNTRUSTED.
+    Time is a fake clock shared by guard and verifier (the certificates are real)."""
+    now = [time.time()]
+    clock = lambda: now[0]  # noqa: E731
+    auth = kit.ca.issue("auth", ttl=timedelta(seconds=30))
+    auth_expiry = auth.certificate.not_valid_after_utc.timestamp()
+    t0 = int(now[0])
+    user = SignKey(auth.private_key, auth.thumbprint).sign({
+        "iss": str(kit.td.service("auth")), "sub": "alice",
+        "aud": [str(kit.td.service("gateway"))], "iat": t0, "exp": t0 + 900, "jti": "j1",
+    }, "user+jwt")
+    if edge:
+        own, token, ctx = "gateway", user, {}
+    else:
+        gateway = kit.ca.issue("gateway")
+        wrapped = TokenSigner(gateway.private_key, gateway.chain, clock=clock)
+        own = "orders"
+        token = wrapped.app_asserted_token(user, kit.td.service("orders"), ttl=300)
+        ctx = {"x509_pem_cert": [gateway.certificate.public_bytes(Encoding.PEM)]}
+    policy = Policy([Rule(methods=("*",), peers=("*",), require_user=True)])
+    bundle = FileBundleSource(kit.ca.bundle_path, kit.ca.crl_path)  # read after the issuing
+
+    def guard(calls: int) -> tuple[CallGuard, _CountingVerifier]:
+        verifier = _CountingVerifier(kit.td.service(own), bundle, clock=clock)
+        return CallGuard(own_id=kit.td.service(own), verifier=verifier, bundle=bundle,
+                         policy=policy, audit=AuditLog(kit.td.service(own)), edge=edge,
+                         call_cache_size=calls, clock=clock), verifier
+
+    cached, counted = guard(4096)
+    uncached, _ = guard(0)
+    metadata = [("authorization", "Bearer " + token)]
+    for _ in range(3):  # control; the 2nd and 3rd calls come from the call cache
+        chain = cached.check(UNARY, metadata, ctx)
+        assert chain is not None and chain.user == "alice"
+    assert counted.full_checks == 1
+    now[0] = auth_expiry + 1
+    assert chain.expires_at > now[0]  # by its own exp the chain would still be good
+    with pytest.raises(Rejected) as control:  # what a cold guard says at that moment
+        uncached.check(UNARY, metadata, ctx)
+    assert control.value.reason == "CERT_UNTRUSTED"
+    with pytest.raises(Rejected) as info:
+        cached.check(UNARY, metadata, ctx)
+    assert info.value.reason == "CERT_UNTRUSTED"
+    assert counted.full_checks == 2  # the full check answered, not the cache
