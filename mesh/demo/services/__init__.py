@@ -2,7 +2,8 @@
 
 ``auth`` and ``reporting`` serve no method that takes a token (auth's Login takes a password at
 its edge port; reporting only runs a job), so they have no policy file: their mutual-TLS ports
-deny every token call by default and answer health checks only.
+get :meth:`Policy.deny_all`, refuse every token call (audited with rule ``deny_all``) and answer
+health checks only.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def policy_path(service: str) -> Path | None:
 def load_service_policy(
     service: str, trust_domain: TrustDomain, override: Path | None = None
 ) -> Policy:
-    """``override`` if given, else the shipped file, else default deny (no rule)."""
+    """``override`` if given, else the shipped file, else :meth:`Policy.deny_all`."""
     path = override or policy_path(service)
     if path is None:
-        return Policy([], trust_domain=trust_domain)
+        return Policy.deny_all(trust_domain=trust_domain)
     return load_policy(path, trust_domain=trust_domain)
