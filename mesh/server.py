@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -117,44 +117,37 @@ class _Ports:
                                       "before start()")
 
 
-class MeshServer:
-    """A sync gRPC server for one mesh service. Register servicers on it, then ``add_port``.
+MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
 
-    ``tokenless_methods``: exact method names served without a token or policy, with only the
-    transport checks of the port kind (a login taking a password at an edge port). Use it for
-    methods that authenticate their caller themselves; every call is audited as
-    ``TOKENLESS_METHOD``.
-    """
+
+class _GuardedServer:
+    """What both flavours share: the guard, handler registration (each handler wrapped with the
+    guard by the flavour's wrapper) and ports bound only with credentials from the SVID."""
+
+    _server: grpc.Server | grpc.aio.Server
 
     def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
-                 verifier: ChainVerifier | None = None, edge: bool = False,
-                 max_workers: int = 16, options: Options = (), audit: AuditLog | None = None,
-                 interceptors: Iterable[grpc.ServerInterceptor] = (),
-                 caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
+                 verifier: ChainVerifier | None, edge: bool, audit: AuditLog | None,
+                 caches: bool, tokenless_methods: Iterable[str],
+                 wrap_generic: Callable[[grpc.GenericRpcHandler, CallGuard],
+                                        grpc.GenericRpcHandler],
+                 wrap_method: Callable[[MethodHandler, str, CallGuard], MethodHandler]) -> None:
         self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
                                  audit=audit, caches=caches,
                                  tokenless_methods=tokenless_methods)
         self._ports = _Ports(source, edge)
-        # Handlers are wrapped at registration (below), not by a server interceptor: the same
-        # checks without gRPC's per-call interceptor pipeline. Extra interceptors run first.
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers,
-                                       thread_name_prefix=f"mesh-{source.current().spiffe_id}"),
-            interceptors=list(interceptors),
-            options=list(options),
-        )
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
+        self._wrap_generic = wrap_generic
+        self._wrap_method = wrap_method
 
     # what generated add_XServicer_to_server() calls
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(
-            [GuardedGenericHandler(h, self.guard) for h in handlers])
+            [self._wrap_generic(h, self.guard) for h in handlers])
 
     def add_registered_method_handlers(self, service_name: str,
                                        method_handlers: dict[str, Any]) -> None:
         self._server.add_registered_method_handlers(service_name, {
-            name: wrap_sync(h, f"/{service_name}/{name}", self.guard)
+            name: self._wrap_method(h, f"/{service_name}/{name}", self.guard)
             for name, h in method_handlers.items()
         })
 
@@ -168,6 +161,37 @@ class MeshServer:
 
     def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
         raise self._ports.refuse("credentials it did not build")
+
+
+class MeshServer(_GuardedServer):
+    """A sync gRPC server for one mesh service. Register servicers on it, then ``add_port``.
+
+    ``tokenless_methods``: exact method names served without a token or policy, with only the
+    transport checks of the port kind (a login taking a password at an edge port). Use it for
+    methods that authenticate their caller themselves; every call is audited as
+    ``TOKENLESS_METHOD``.
+    """
+
+    _server: grpc.Server
+
+    def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
+                 verifier: ChainVerifier | None = None, edge: bool = False,
+                 max_workers: int = 16, options: Options = (), audit: AuditLog | None = None,
+                 interceptors: Iterable[grpc.ServerInterceptor] = (),
+                 caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
+        super().__init__(source, policy, bundle, verifier=verifier, edge=edge, audit=audit,
+                         caches=caches, tokenless_methods=tokenless_methods,
+                         wrap_generic=GuardedGenericHandler, wrap_method=wrap_sync)
+        # Handlers are wrapped at registration, not by a server interceptor: the same checks
+        # without gRPC's per-call interceptor pipeline. Extra interceptors run first.
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers,
+                                       thread_name_prefix=f"mesh-{source.current().spiffe_id}"),
+            interceptors=list(interceptors),
+            options=list(options),
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
 
     def start(self) -> None:
         self._ports.check_start()
@@ -189,42 +213,22 @@ class MeshServer:
         self.stop(None)
 
 
-class AioMeshServer:
+class AioMeshServer(_GuardedServer):
     """The ``grpc.aio`` flavour of :class:`MeshServer`; handlers should be ``async def``."""
+
+    _server: grpc.aio.Server
 
     def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
                  verifier: ChainVerifier | None = None, edge: bool = False,
                  options: Options = (), audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                  caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
-        self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
-                                 audit=audit, caches=caches,
-                                 tokenless_methods=tokenless_methods)
-        self._ports = _Ports(source, edge)
+        super().__init__(source, policy, bundle, verifier=verifier, edge=edge, audit=audit,
+                         caches=caches, tokenless_methods=tokenless_methods,
+                         wrap_generic=AioGuardedGenericHandler, wrap_method=wrap_aio)
         self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(
-            [AioGuardedGenericHandler(h, self.guard) for h in handlers])
-
-    def add_registered_method_handlers(self, service_name: str,
-                                       method_handlers: dict[str, Any]) -> None:
-        self._server.add_registered_method_handlers(service_name, {
-            name: wrap_aio(h, f"/{service_name}/{name}", self.guard)
-            for name, h in method_handlers.items()
-        })
-
-    def add_port(self, address: str) -> int:
-        return self._ports.bound(address, self._server.add_secure_port(
-            address, self._ports.credentials()))
-
-    def add_insecure_port(self, address: str) -> int:
-        raise self._ports.refuse("plaintext ports")
-
-    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
-        raise self._ports.refuse("credentials it did not build")
 
     async def start(self) -> None:
         self._ports.check_start()

@@ -184,3 +184,61 @@ def test_asking_for_the_same_method_again_reuses_one_underlying_multicallable(ki
         channel.unary_unary(SVC + "Unary")(b"x", timeout=5)
     channel.unary_stream(SVC + "ServerStream")
     assert len(channel._entry.callables) == 1  # no growth per multicallable asked for
+
+
+def test_registered_method_handlers_are_guarded_on_both_flavours(kit: Any) -> None:
+    """What generated add_XServicer_to_server() uses (grpcio >= 1.62): both server flavours wrap
+    each registered handler with the guard; health, registered the same way, answers."""
+    from mesh.channel import AioMeshChannel
+    from mesh.context import current_call
+    from mesh.server import AioMeshServer, MeshServer
+
+    def who(request: bytes, context: Any) -> bytes:
+        call = current_call()
+        return (call.chain[-1].service_name or "").encode() if call else b"none"
+
+    async def awho(request: bytes, context: Any) -> bytes:
+        return who(request, context)
+
+    gateway, inventory = kit.identity("gateway"), kit.identity("inventory")
+    sync_server = MeshServer(kit.identity("orders"), ANY_APP, kit.bundle, max_workers=4)
+    sync_server.add_registered_method_handlers(
+        "test.v1.Reg", {"Who": grpc.unary_unary_rpc_method_handler(who)})
+    sync_port = sync_server.add_port("127.0.0.1:0")
+    sync_server.start()
+
+    async def run_aio() -> list[Any]:
+        server = AioMeshServer(kit.identity("orders"), ANY_APP, kit.bundle)
+        server.add_registered_method_handlers(
+            "test.v1.Reg", {"Who": grpc.unary_unary_rpc_method_handler(awho)})
+        port = server.add_port("127.0.0.1:0")
+        await server.start()
+        out: list[Any] = []
+        try:
+            for source in (gateway, inventory):
+                channel = AioMeshChannel(f"127.0.0.1:{port}", "orders", source)
+                try:
+                    out.append(await channel.unary_unary("/test.v1.Reg/Who")(b"", timeout=5))
+                except grpc.aio.AioRpcError as err:
+                    out.append(error_info(err).reason)
+                if source is gateway:
+                    stub = health_pb2_grpc.HealthStub(channel)
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    out.append(reply.status == health_pb2.HealthCheckResponse.SERVING)
+                await channel.close()
+        finally:
+            await server.stop(None)
+        return out
+
+    try:
+        results = []
+        for source in (gateway, inventory):
+            try:
+                results.append(kit.channel(sync_port, "orders", source).unary_unary(
+                    "/test.v1.Reg/Who")(b"", timeout=5))
+            except grpc.RpcError as err:
+                results.append(error_info(err).reason)
+        assert results == [b"gateway", "PEER_NOT_ALLOWED"]
+    finally:
+        sync_server.stop(None)
+    assert kit.aio.run(run_aio()) == [b"gateway", True, "PEER_NOT_ALLOWED"]
