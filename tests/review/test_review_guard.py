@@ -85,14 +85,12 @@ def test_edge_guard_refuses_service_tokens(review_mesh: Any) -> None:
 
 
 def test_call_cache_stops_at_signing_certificate_expiry(review_mesh: Any) -> None:
-    """CallGuard._verify's cache hit checks the bundle generation, the chain's earliest exp and
-    the PEER certificate's not_after, but not the not_after of the certificates that signed
-    the inner tokens (ChainVerifier checks them on every call, and its own verdict cache
-    records key_not_after). A user token outliving the auth certificate that signed it (the
-    signer does not clamp exp to it) is accepted from the cache after that certificate
-    expired, until the token's exp: up to 15 minutes with the default user-token TTL."""
+    """The guard's call cache must end when a certificate that signed an inner token expires,
+    not only at the token's exp and the peer's expiry. The token is forged by hand because
+    TokenSigner caps exp at its certificate's not_after; another issuer might not."""
     m = review_mesh(auth={"ttl": timedelta(seconds=1)})
-    token = m.user_token("gateway")  # exp = now + 900, far past auth's certificate
+    now = int(time.time())
+    token = m.forge_user(m.user_claims(iat=now, exp=now + 900))  # far past auth's certificate
     cached = _guard(m, "gateway", edge=True)
     uncached = _guard(m, "gateway", edge=True, caches=False)
     metadata = [("authorization", "Bearer " + token)]
