@@ -211,16 +211,20 @@ class Registry:
         return None if row is None else _record(row)
 
     def by_name(self, name: str) -> list[CertRecord]:
-        """Every certificate of ``name``, oldest first."""
+        """Every certificate of ``name`` in commit order, the latest last.
+
+        Commit order, not ``issued_at``: racing processes take their timestamps before the
+        lock, so the one that commits last (whose files are on disk) may have the earlier time.
+        """
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM certs WHERE name = ? ORDER BY issued_at, rowid",  # noqa: S608
+            f"SELECT {_COLUMNS} FROM certs WHERE name = ? ORDER BY rowid",  # noqa: S608
             (name,),
         ).fetchall()
         return [_record(r) for r in rows]
 
     def all(self) -> list[CertRecord]:
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM certs ORDER BY issued_at, rowid"  # noqa: S608
+            f"SELECT {_COLUMNS} FROM certs ORDER BY rowid"  # noqa: S608
         ).fetchall()
         return [_record(r) for r in rows]
 
@@ -229,7 +233,7 @@ class Registry:
         what the bundle needs, without building full records (it runs on every change)."""
         rows = self._db.execute(
             "SELECT thumbprint, der, jwk_x, jwk_y FROM certs "
-            "WHERE status = 'valid' AND not_after > ? ORDER BY name, issued_at, rowid",
+            "WHERE status = 'valid' AND not_after > ? ORDER BY name, rowid",
             (now,),
         ).fetchall()
         return [BundleKeyRow(str(t), _blob(d), str(x), str(y)) for t, d, x, y in rows]
