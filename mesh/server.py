@@ -16,6 +16,7 @@ check and no policy, and their audit line says ``TOKENLESS_METHOD``.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +43,8 @@ from mesh.policy import Policy
 from mesh.svid import SvidSource
 from mesh.tokens.bundle import BundleSource
 from mesh.tokens.verify import ChainVerifier
+
+_log = logging.getLogger(__name__)
 
 Options = Sequence[tuple[str, Any]]
 
@@ -132,6 +135,11 @@ class _GuardedServer:
                  wrap_generic: Callable[[grpc.GenericRpcHandler, CallGuard],
                                         grpc.GenericRpcHandler],
                  wrap_method: Callable[[MethodHandler, str, CallGuard], MethodHandler]) -> None:
+        if not bundle.checks_revocation:
+            # Allowed (tests, an issuer that publishes no CRL) but never silent.
+            _log.warning("this server's trust bundle has no CRL: revoked certificates are "
+                         "accepted until they expire (DESIGN 4.1); give the bundle source a "
+                         "crl_path to check revocation")
         self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
                                  audit=audit, caches=caches,
                                  tokenless_methods=tokenless_methods)

@@ -85,6 +85,11 @@ class BundleSource(Protocol):
         """Changes whenever keys, anchors or revocations change (verifiers drop derived state)."""
         ...
 
+    @property
+    def checks_revocation(self) -> bool:
+        """Whether a CRL is consulted at all (False: DESIGN 4.1's "not revoked" is unchecked)."""
+        ...
+
     def key_for(self, kid: str) -> BundleKey | None: ...
 
     def is_revoked(self, cert: x509.Certificate) -> bool: ...
@@ -346,6 +351,10 @@ class FileBundleSource:
     @property
     def trust_domain(self) -> TrustDomain:
         return self._snap.trust_domain
+
+    @property
+    def checks_revocation(self) -> bool:
+        return self._crl_path is not None
 
     @property
     def anchors(self) -> tuple[x509.Certificate, ...]:

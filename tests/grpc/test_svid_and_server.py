@@ -123,6 +123,23 @@ def test_mesh_server_refuses_to_serve_without_mutual_tls(kit: Any) -> None:
         server.start()
 
 
+def test_a_server_without_a_crl_says_revocation_is_off(
+    kit: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mesh.tokens.bundle import FileBundleSource
+
+    no_crl = FileBundleSource(kit.ca.bundle_path)
+    assert not no_crl.checks_revocation and kit.bundle.checks_revocation
+    with caplog.at_level(logging.WARNING, logger="mesh.server"):
+        MeshServer(kit.identity("orders"), ANY, no_crl)
+    assert any("no CRL" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    # control: the kit's bundle has the CA's crl.pem, and nothing is said
+    with caplog.at_level(logging.WARNING, logger="mesh.server"):
+        MeshServer(kit.identity("orders"), ANY, kit.bundle)
+    assert not any("no CRL" in r.getMessage() for r in caplog.records)
+
+
 def test_policy_for_another_trust_domain_is_refused(kit: Any) -> None:
     with pytest.raises(ServerConfigError, match="trust domain"):
         MeshServer(kit.identity("orders"), Policy([], trust_domain="other.td"), kit.bundle)
