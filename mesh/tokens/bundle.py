@@ -44,7 +44,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from mesh.errors import InvalidSpiffeIdError
 from mesh.spiffeid import SpiffeId, TrustDomain
 from mesh.tokens.errors import BundleError, CertificateRevoked, CertificateUntrusted
-from mesh.tokens.jose import VerifyKey
+from mesh.tokens.jose import VerifyKey, is_es256_key, not_es256_reason
 from mesh.x509util import spiffe_id_of, thumbprint, uri_sans
 
 _log = logging.getLogger(__name__)
@@ -613,18 +613,8 @@ class FileBundleSource:
         if thumbprint(leaf) != kid:
             raise ValueError("has a kid that is not its certificate's x5t#S256 thumbprint")
         public_key = leaf.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-            public_key.curve, ec.SECP256R1
-        ):
-            what = (
-                f"an ECDSA {public_key.curve.name} key"
-                if isinstance(public_key, ec.EllipticCurvePublicKey)
-                else "no ECDSA key"
-            )
-            raise ValueError(
-                f"has a certificate with {what}, but meshid tokens are ES256, which needs a "
-                "P-256 key (DESIGN 3)"
-            )
+        if not is_es256_key(public_key):
+            raise ValueError(f"has a certificate with {not_es256_reason(public_key)}")
         if not _jwk_matches(entry, public_key):
             raise ValueError("has a JWK that is not its certificate's P-256 public key")
         try:

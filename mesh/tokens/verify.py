@@ -28,7 +28,6 @@ from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.spiffeid import SpiffeId
 from mesh.tokens import jose
@@ -213,17 +212,9 @@ class ChainVerifier:
             # or CRL changes (new generation), its validity window on every call.
             spiffe_id = self.bundle.verify_chain([cert, *intermediates])
             public_key = cert.public_key()
-            if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-                public_key.curve, ec.SECP256R1
-            ):
-                what = (
-                    f"an ECDSA {public_key.curve.name} key"
-                    if isinstance(public_key, ec.EllipticCurvePublicKey)
-                    else "no ECDSA key"
-                )
+            if not jose.is_es256_key(public_key):
                 raise CertificateUntrusted(
-                    f"the peer {spiffe_id}'s certificate has {what}, but meshid tokens are "
-                    "ES256, which needs a P-256 key (DESIGN 3)"
+                    f"the peer {spiffe_id}'s certificate has {jose.not_es256_reason(public_key)}"
                 )
             peer = _Peer(
                 spiffe_id=spiffe_id,
