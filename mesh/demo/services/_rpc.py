@@ -105,6 +105,16 @@ def call_downstream(service: str, fn: Callable[[], Any]) -> Any:
         raise Downstream(service, err) from err
 
 
+def _abort_for(context: grpc.ServicerContext, err: Downstream | MeshError, service: str,
+               method: str) -> NoReturn:
+    """End the call with the status that ``err`` stands for (DemoError is a MeshError)."""
+    if isinstance(err, DemoError):
+        _abort_demo(context, err, service, method)
+    if isinstance(err, Downstream):
+        _abort_downstream(context, err.err, service, method, err.service)
+    _abort_mesh(context, err, service, method)
+
+
 def handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
     """Translate DemoError and downstream failures of a unary or request-streaming method."""
 
@@ -113,12 +123,8 @@ def handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
         def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return fn(self, request, context)
-            except DemoError as err:
-                _abort_demo(context, err, str(own_id), method)
-            except Downstream as down:
-                _abort_downstream(context, down.err, str(own_id), method, down.service)
-            except MeshError as err:
-                _abort_mesh(context, err, str(own_id), method)
+            except (Downstream, MeshError) as err:
+                _abort_for(context, err, str(own_id), method)
 
         return cast(F, inner)
 
@@ -133,12 +139,8 @@ def stream_handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
         def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from fn(self, request, context)
-            except DemoError as err:
-                _abort_demo(context, err, str(own_id), method)
-            except Downstream as down:
-                _abort_downstream(context, down.err, str(own_id), method, down.service)
-            except MeshError as err:
-                _abort_mesh(context, err, str(own_id), method)
+            except (Downstream, MeshError) as err:
+                _abort_for(context, err, str(own_id), method)
 
         return cast(F, inner)
 
