@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.authority import CertificateAuthority
 from ca.templates import build_leaf, new_key, new_serial
-from mesh.spiffeid import TrustDomain
+from mesh.identity.spiffeid import TrustDomain
 
 
 def timed(fn: Callable[[CertificateAuthority], None], ca: CertificateAuthority) -> float:

@@ -51,14 +51,14 @@ from typing import Any
 import grpc
 
 from ca.authority import CertificateAuthority
-from mesh.channel import MeshChannel
-from mesh.context import enter_call, leave_call
+from mesh.identity.bundle import FileBundleSource
+from mesh.identity.svid import X509SvidFolder
 from mesh.policy import Policy, Rule
-from mesh.server import MeshServer
-from mesh.svid import X509SvidFolder
-from mesh.tokens.bundle import FileBundleSource
 from mesh.tokens.signer import TokenSigner
 from mesh.tokens.verify import ChainVerifier
+from mesh.transport.channel import MeshChannel
+from mesh.transport.context import enter_call, leave_call
+from mesh.transport.server import MeshServer
 
 METHOD = "/bench.v1.Echo/Unary"
 TARGET = 0.90

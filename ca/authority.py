@@ -67,8 +67,8 @@ from ca.validate import (
     same_key,
 )
 from mesh.errors import InvalidSpiffeIdError
-from mesh.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
-from mesh.x509util import thumbprint, uri_sans
+from mesh.identity.certs import thumbprint, uri_sans
+from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
 
 __all__ = ["DEFAULT_TTL", "CertificateAuthority", "IssuedSVID"]
 

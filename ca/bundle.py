@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.registry import BundleKeyRow
-from mesh.x509util import b64url
+from mesh.identity.certs import b64url
 
 REFRESH_HINT_SECONDS = 300
 

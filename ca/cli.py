@@ -25,7 +25,7 @@ from ca.errors import BadCSR, CAError, InvalidCertificate, InvalidInput
 from ca.parsing import parse_duration, parse_serial
 from ca.registry import CertRecord
 from ca.svid import IssuedSVID
-from mesh.spiffeid import DEFAULT_TRUST_DOMAIN
+from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN
 
 ENV_CA_DIR = "MESH_CA_DIR"
 

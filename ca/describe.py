@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.lint import Finding, extensions_readable, lint, role_of
 from ca.parsing import format_duration
-from mesh.x509util import thumbprint
+from mesh.identity.certs import thumbprint
 
 _EKU_NAMES = {
     ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",

@@ -20,7 +20,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mesh.errors import InvalidSpiffeIdError
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 Severity = Literal["violation", "note"]
 Role = Literal["leaf", "ca"]

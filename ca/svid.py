@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca import fsio
 from ca.errors import InvalidInput, OutputError
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 SVID_PEM = "svid.pem"
 SVID_KEY_PEM = "svid_key.pem"

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh.spiffeid import SpiffeId, TrustDomain
+from mesh.identity.spiffeid import SpiffeId, TrustDomain
 
 ROOT_LIFETIME = timedelta(days=3650)
 INTERMEDIATE_LIFETIME = timedelta(days=365)

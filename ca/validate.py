@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca.errors import InvalidSAN, InvalidServiceName, InvalidTrustDomain
 from ca.templates import IPAddress
 from mesh.errors import InvalidSpiffeIdError
-from mesh.spiffeid import TrustDomain, validate_service_name
+from mesh.identity.spiffeid import TrustDomain, validate_service_name
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 

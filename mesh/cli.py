@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mesh.demo import cli as demo_cli
+from mesh.demo.client import cli as demo_cli
 from mesh.tokens import cli as token_cli
 
 

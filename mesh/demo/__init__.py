@@ -3,5 +3,5 @@
 The business logic of each service is plain Python (``users``, ``catalog``, ``orders_store``,
 ``inventory_logic``, ``payments_logic``, ``reporting_logic``), tested without gRPC; the servicers
 in ``services`` put it on the mesh. Run one with ``python -m mesh.demo SERVICE ...`` and the
-whole story with ``python -m mesh.demo.launcher``.
+whole story with ``python -m mesh.demo.orchestration.launcher``.
 """

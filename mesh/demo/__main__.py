@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mesh.demo.serve import main
+from mesh.demo.services.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ DESIGN sections 3 and 4 are the contract. python-jose is used only inside
 :mod:`mesh.tokens.jose`; everything that decides what to trust is ours.
 """
 
-from mesh.tokens.bundle import BundleKey, BundleSource, FileBundleSource
+from mesh.identity.bundle import BundleKey, BundleSource, FileBundleSource
 from mesh.tokens.cache import VerifiedTokenCache
 from mesh.tokens.claims import APP, APP_ASSERTED, USER
 from mesh.tokens.errors import BundleError, SigningError, TokenError

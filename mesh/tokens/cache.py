@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens.claims import Claims
 from mesh.tokens.result import Hop
 

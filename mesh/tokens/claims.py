@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 from mesh.errors import InvalidSpiffeIdError
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens.errors import ClaimInvalid, ClaimMissing, SubjectMismatch
 
 USER: Final = "user+jwt"

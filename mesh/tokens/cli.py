@@ -21,14 +21,14 @@ from typing import Any, TextIO
 
 from cryptography import x509
 
-from mesh.errors import InvalidSpiffeIdError, MeshError
-from mesh.spiffeid import SpiffeId
+from mesh.errors import CallRefused, InvalidSpiffeIdError, MeshError
+from mesh.identity.bundle import FileBundleSource
+from mesh.identity.certs import load_pem_chain
+from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import jose
-from mesh.tokens.bundle import FileBundleSource
-from mesh.tokens.errors import BundleError, TokenError
+from mesh.tokens.errors import BundleError
 from mesh.tokens.result import Hop, VerifiedChain
 from mesh.tokens.verify import ChainVerifier, VerifyLimits
-from mesh.x509util import load_pem_chain
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -147,7 +147,7 @@ def _verify(args: argparse.Namespace) -> int:
         result = verifier.verify(
             token, peer_chain[0] if peer_chain else None, peer_intermediates=peer_chain[1:]
         )
-    except TokenError as err:
+    except CallRefused as err:
         _print_rejection(out, err, audience, peer_chain != ())
         return EXIT_REJECTED
     _print_chain(out, result, audience)
@@ -156,7 +156,7 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_rejection(out: TextIO, err: TokenError, audience: SpiffeId, mtls: bool) -> None:
+def _print_rejection(out: TextIO, err: CallRefused, audience: SpiffeId, mtls: bool) -> None:
     if err.hop is None:
         where = "the peer's certificate (rule 4.1)" if err.reason.startswith("CERT_") and mtls \
             else "the token as a whole"
@@ -164,7 +164,7 @@ def _print_rejection(out: TextIO, err: TokenError, audience: SpiffeId, mtls: boo
         where = "hop 0, the outermost token" + (" (signed by the peer)" if mtls else "")
     else:
         where = f"hop {err.hop}, the token wrapped {err.hop} level(s) deep"
-    print(f"REJECTED at {where}: {err.reason} ({err.status})", file=out)
+    print(f"REJECTED at {where}: {err.reason} ({err.status.name})", file=out)
     print(f"  {err}", file=out)
     print(f"  verified as {audience}, {'over mutual TLS' if mtls else 'at an edge port'}",
           file=out)
@@ -212,7 +212,7 @@ def _inspect(args: argparse.Namespace) -> int:
             break
         try:
             part = jose.decode_unverified(current)
-        except TokenError as err:
+        except CallRefused as err:
             print(f"hop {index}: cannot decode: {err.reason}: {err}", file=out)
             return EXIT_REJECTED
         print(f"hop {index}{' (outermost)' if index == 0 else ''}:", file=out)

@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeGuard
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,19 +48,6 @@ ALGORITHM = "ES256"
 ALGORITHMS: list[str] = [ALGORITHM]
 
 
-def is_es256_key(key: object) -> TypeGuard[ec.EllipticCurvePublicKey]:
-    """Whether ``key`` can verify ES256 signatures: ECDSA on P-256, nothing else."""
-    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
-
-
-def not_es256_reason(key: object) -> str:
-    """The end of an error sentence saying why ``key`` cannot verify ES256."""
-    what = (
-        f"an ECDSA {key.curve.name} key"
-        if isinstance(key, ec.EllipticCurvePublicKey)
-        else "no ECDSA key"
-    )
-    return f"{what}, but meshid tokens are ES256, which needs a P-256 key (DESIGN 3)"
 HEADER_MEMBERS = frozenset({"alg", "typ", "kid"})
 _SIG_LEN = 64  # ES256: r || s, 32 bytes each (RFC 7518 3.4)
 _URL_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")

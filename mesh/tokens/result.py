@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 
 class Hop(NamedTuple):

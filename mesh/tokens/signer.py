@@ -11,7 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.errors import InvalidSpiffeIdError
-from mesh.spiffeid import SpiffeId
+from mesh.identity.certs import spiffe_id_of, thumbprint
+from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import jose
 from mesh.tokens.claims import APP, APP_ASSERTED, CNF_THUMBPRINT, KIND_NAMES, USER, parse_claims
 from mesh.tokens.errors import (
@@ -20,7 +21,6 @@ from mesh.tokens.errors import (
     TokenExpired,
     TypeMismatch,
 )
-from mesh.x509util import spiffe_id_of, thumbprint
 
 DEFAULT_USER_TTL = 900
 DEFAULT_APP_TTL = 60

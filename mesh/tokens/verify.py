@@ -25,13 +25,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 
-from mesh.spiffeid import SpiffeId
+from mesh.identity.bundle import BundleKey, BundleSource
+from mesh.identity.certs import is_es256_key, not_es256_reason, thumbprint
+from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import jose
-from mesh.tokens.bundle import BundleKey, BundleSource
 from mesh.tokens.cache import ChainVerdict, VerifiedToken, VerifiedTokenCache, token_digest
 from mesh.tokens.claims import (
     APP,
@@ -64,7 +65,6 @@ from mesh.tokens.errors import (
     TypeMismatch,
 )
 from mesh.tokens.result import Hop, VerifiedChain
-from mesh.x509util import thumbprint
 
 __all__ = ["ChainVerifier", "Hop", "MaxLifetime", "VerifiedChain", "VerifyLimits"]
 
@@ -129,6 +129,13 @@ class _Peer:
     generation: int
 
 
+class _Key(NamedTuple):
+    generation: int
+    key: BundleKey
+    spiffe_text: str
+    verify_key: jose.VerifyKey
+
+
 @dataclass(slots=True)
 class _Layer:
     hop: int
@@ -181,10 +188,10 @@ class ChainVerifier:
         # The last peer by object identity: the gRPC layer keeps one certificate object per
         # connection, and hashing a certificate (its DER) for the dict costs ~1.3 us a call.
         self._last_peer: tuple[x509.Certificate, _Peer] | None = None
-        # kid -> (bundle generation, key, its SPIFFE ID as text) for keys found and not revoked
-        # in that generation: keys and revocations only change with the generation, so this
-        # memo is exact.
-        self._keys: dict[str, tuple[int, BundleKey, str]] = {}
+        # kid -> the bundle key found and not revoked in a generation, with its python-jose
+        # verify key built once: keys and revocations only change with the generation, so this
+        # table is exact (see docs/tokens.md, "Caches").
+        self._keys: dict[str, _Key] = {}
 
     # --- rule 1 --------------------------------------------------------------------------------
 
@@ -212,9 +219,9 @@ class ChainVerifier:
             # or CRL changes (new generation), its validity window on every call.
             spiffe_id = self.bundle.verify_chain([cert, *intermediates])
             public_key = cert.public_key()
-            if not jose.is_es256_key(public_key):
+            if not is_es256_key(public_key):
                 raise CertificateUntrusted(
-                    f"the peer {spiffe_id}'s certificate has {jose.not_es256_reason(public_key)}"
+                    f"the peer {spiffe_id}'s certificate has {not_es256_reason(public_key)}"
                 )
             peer = _Peer(
                 spiffe_id=spiffe_id,
@@ -535,11 +542,11 @@ class ChainVerifier:
                 hop=hop - 1,
             )
 
-    def _bundle_key(self, layer: _Layer, generation: int) -> tuple[BundleKey, str]:
+    def _bundle_key(self, layer: _Layer, generation: int) -> _Key:
         kid = layer.kid
         memo = self._keys.get(kid)
-        if memo is not None and memo[0] == generation:
-            return memo[1], memo[2]
+        if memo is not None and memo.generation == generation:
+            return memo
         key = self.bundle.key_for(kid)
         if key is None:
             why = ""
@@ -566,13 +573,15 @@ class ChainVerifier:
         if len(self._keys) >= _KEY_MEMO_MAX:
             self._keys.clear()
         # A key_for() that reloaded the bundle moved the generation on: memo under the new one.
-        key_id = str(key.spiffe_id)
-        self._keys[kid] = (self.bundle.generation, key, key_id)
-        return key, key_id
+        found = _Key(self.bundle.generation, key, str(key.spiffe_id),
+                     jose.VerifyKey(key.public_key))
+        self._keys[kid] = found
+        return found
 
     def _check_signed_by_bundle_key(self, layer: _Layer, now: int, generation: int) -> None:
         hop, c = layer.hop, layer.claims
-        key, key_id = self._bundle_key(layer, generation)
+        found = self._bundle_key(layer, generation)
+        key = found.key
         layer.key = key
         if not key.not_before <= now < key.not_after:
             raise CertificateUntrusted(
@@ -581,8 +590,8 @@ class ChainVerifier:
                 hop=hop,
             )
         if layer.parsed is not None:
-            self._verify_sig(key.verify_key, layer)
-        if c.iss_text != key_id:
+            self._verify_sig(found.verify_key, layer)
+        if c.iss_text != found.spiffe_text:
             raise IssuerMismatch(
                 f"the {KIND_NAMES[c.typ]} at hop {hop} claims issuer {c.iss} but was signed by "
                 f"the key of {key.spiffe_id} (DESIGN 4.5)",

@@ -16,8 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca import errors
 from ca.authority import CertificateAuthority
-from mesh.spiffeid import SpiffeId
-from mesh.x509util import spiffe_id_of, thumbprint
+from mesh.identity.certs import spiffe_id_of, thumbprint
+from mesh.identity.spiffeid import SpiffeId
 
 
 def test_leaf_follows_the_svid_profile(mesh_ca: CertificateAuthority) -> None:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.errors import InvalidSpiffeIdError, MeshError
-from mesh.spiffeid import SpiffeId, TrustDomain, validate_service_name
+from mesh.identity.spiffeid import SpiffeId, TrustDomain, validate_service_name
 
 
 def test_service_id_and_dns_name() -> None:

@@ -11,23 +11,23 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.channel import mesh_channel
-from mesh.credentials import channel_credentials
-from mesh.demo import catalog
-from mesh.demo.inventory_logic import Inventory
-from mesh.demo.orders_store import OrdersStore
-from mesh.demo.payments_logic import Payments
+from mesh.demo.logic import catalog
+from mesh.demo.logic.inventory import Inventory
+from mesh.demo.logic.orders_store import OrdersStore
+from mesh.demo.logic.payments import Payments
 from mesh.demo.services import gateway as gateway_svc
 from mesh.demo.services import inventory as inventory_svc
 from mesh.demo.services import load_service_policy
 from mesh.demo.services import orders as orders_svc
 from mesh.demo.services import payments as payments_svc
 from mesh.demo.v1 import inventory_pb2_grpc, orders_pb2_grpc, payments_pb2_grpc
-from mesh.server import MeshServer
-from mesh.spiffeid import TrustDomain
-from mesh.svid import StaticSvid
-from mesh.tokens.bundle import FileBundleSource
+from mesh.identity.bundle import FileBundleSource
+from mesh.identity.spiffeid import TrustDomain
+from mesh.identity.svid import StaticSvid
 from mesh.tokens.signer import TokenSigner
+from mesh.transport.channel import mesh_channel
+from mesh.transport.credentials import channel_credentials
+from mesh.transport.server import MeshServer
 
 NAMES = ("auth", "gateway", "orders", "inventory", "payments", "reporting")
 

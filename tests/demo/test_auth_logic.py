@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mesh.demo.auth_logic import LoginService
 from mesh.demo.errors import InvalidCredentials
-from mesh.demo.users import UserStore, new_user, write_users_file
-from mesh.tokens.bundle import FileBundleSource
+from mesh.demo.logic.auth import LoginService
+from mesh.demo.logic.users import UserStore, new_user, write_users_file
+from mesh.identity.bundle import FileBundleSource
 from mesh.tokens.errors import AudienceMismatch, IssuerUntrusted
 from mesh.tokens.signer import TokenSigner
 from mesh.tokens.verify import ChainVerifier

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh.demo import cli
-from mesh.demo.client import parse_line
+from mesh.demo.client import cli
+from mesh.demo.client.stubs import parse_line
 
 
 def _parse(*argv: str) -> argparse.Namespace:

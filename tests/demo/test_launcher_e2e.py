@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mesh.demo.stage import processes_mentioning
+from mesh.demo.orchestration.stage import processes_mentioning
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ TD = "spiffe://mesh.internal/svc/"
 
 
 def _launcher(state: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mesh.demo.launcher", "--state", str(state), *extra]
+    return [sys.executable, "-m", "mesh.demo.orchestration.launcher", "--state", str(state), *extra]
 
 
 def _env() -> dict[str, str]:

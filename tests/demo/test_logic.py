@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mesh.demo import catalog
 from mesh.demo.errors import (
     InvalidRequest,
     OutOfStock,
@@ -16,11 +15,12 @@ from mesh.demo.errors import (
     UnknownSku,
     UserRequired,
 )
-from mesh.demo.inventory_logic import Inventory, ReserveLine, StockLevel
-from mesh.demo.orders_logic import OrderPlan, place_order, plan_order
-from mesh.demo.orders_store import OrdersStore
-from mesh.demo.payments_logic import Payments
-from mesh.demo.reporting_logic import ReportingJob, StockReport, build_report
+from mesh.demo.logic import catalog
+from mesh.demo.logic.inventory import Inventory, ReserveLine, StockLevel
+from mesh.demo.logic.orders import OrderPlan, place_order, plan_order
+from mesh.demo.logic.orders_store import OrdersStore
+from mesh.demo.logic.payments import Payments
+from mesh.demo.logic.reporting import ReportingJob, StockReport, build_report
 
 # -- inventory ---------------------------------------------------------------------------------
 

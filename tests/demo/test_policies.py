@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mesh.demo.services import SERVICES, load_service_policy, policy_path
+from mesh.identity.spiffeid import SpiffeId, TrustDomain
 from mesh.policy import (
     ALLOWED,
     CHAIN_NOT_ALLOWED,
@@ -17,7 +18,6 @@ from mesh.policy import (
     SCOPE_MISSING,
     USER_REQUIRED,
 )
-from mesh.spiffeid import SpiffeId, TrustDomain
 
 TD = TrustDomain("mesh.internal")
 PKG = "/mesh.demo.v1."

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.demo.procs import ProcessFailed, Supervisor, wait_for_file
+from mesh.demo.orchestration.procs import ProcessFailed, Supervisor, wait_for_file
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -59,7 +59,7 @@ def test_children_die_when_the_launcher_is_killed(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from mesh.demo.procs import Supervisor\n"
+        "from mesh.demo.orchestration.procs import Supervisor\n"
         f"sup = Supervisor(Path({str(tmp_path)!r}))\n"
         f"print(sup.start('sleeper', {SLEEP!r}).pid, flush=True)\n"
         "time.sleep(120)\n"
@@ -100,7 +100,7 @@ def test_pdeathsig_wrapper_refuses_to_start_an_orphan(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     not_my_parent = str(os.getpid() + 1_000_000)
     rc = subprocess.run(
-        [sys.executable, "-m", "mesh.demo.pdeathsig", not_my_parent,
+        [sys.executable, "-m", "mesh.demo.orchestration.pdeathsig", not_my_parent,
          sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"],
         check=False, timeout=30,
     ).returncode

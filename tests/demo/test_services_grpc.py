@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mesh.demo import client
+from mesh.demo.client import stubs as client
 from mesh.demo.v1 import (
     inventory_pb2,
     inventory_pb2_grpc,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mesh.demo.errors import DemoConfigError, UsersFileError
-from mesh.demo.serve import build, parser
-from mesh.demo.stage import MARKER, prepare_state
+from mesh.demo.orchestration.stage import MARKER, prepare_state
+from mesh.demo.services.serve import build, parser
 from mesh.policy import PolicyFileError
 
 

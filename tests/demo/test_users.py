@@ -7,13 +7,14 @@ import json
 import stat
 from pathlib import Path
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.demo import users as users_mod
 from mesh.demo.errors import InvalidCredentials, UsersFileError
-from mesh.demo.users import UserStore, hash_password, new_user, write_users_file
+from mesh.demo.logic import users as users_mod
+from mesh.demo.logic.users import UserStore, hash_password, new_user, write_users_file
 
 FAST_N = 2**10  # keeps the tests quick; the format and check are the same as with 2**14
 
@@ -48,7 +49,7 @@ def test_wrong_credentials_are_rejected_without_saying_which(
     with pytest.raises(InvalidCredentials) as err:
         store.authenticate(username, password)
     assert str(err.value) == "unknown user or wrong password"
-    assert err.value.status == "UNAUTHENTICATED"
+    assert err.value.status == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_unknown_user_runs_scrypt_and_compare_digest(

@@ -2,7 +2,7 @@
 
 ``kit`` (a :class:`MeshKit`) issues SVIDs from a fresh CA into per-service folders, mints user
 tokens as the auth service, and starts real mesh servers on 127.0.0.1 port 0 that echo what the
-handler saw through ``mesh.context.current_call()``.
+handler saw through ``mesh.transport.context.current_call()``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import grpc
 import pytest
 
 from ca.authority import CertificateAuthority
-from mesh.channel import AioMeshChannel, MeshChannel
-from mesh.context import current_call
+from mesh.identity.bundle import FileBundleSource
+from mesh.identity.svid import X509SvidFolder
 from mesh.policy import Policy, Rule
-from mesh.server import AioMeshServer, MeshServer
-from mesh.svid import X509SvidFolder
-from mesh.tokens.bundle import FileBundleSource
 from mesh.tokens.signer import TokenSigner
+from mesh.transport.channel import AioMeshChannel, MeshChannel
+from mesh.transport.context import current_call
+from mesh.transport.server import AioMeshServer, MeshServer
 
 SERVICE = "test.v1.Echo"
 UNARY = f"/{SERVICE}/Unary"
@@ -243,8 +243,8 @@ def as_user_call(kit: MeshKit) -> Callable[..., Any]:
     """
     import contextlib
 
-    from mesh.context import enter_call, leave_call
     from mesh.tokens.verify import ChainVerifier
+    from mesh.transport.context import enter_call, leave_call
 
     @contextlib.contextmanager
     def run(service: str, token: str) -> Iterator[None]:

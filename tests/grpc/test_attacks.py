@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.grpcerrors import UserRequiredError
 from mesh.policy import Policy, Rule
-from mesh.status import error_info
 from mesh.tokens.signer import TokenSigner
+from mesh.transport.errors import UserRequiredError
+from mesh.transport.status import error_info
 
 UNARY = "/test.v1.Echo/Unary"
 PEM = serialization.Encoding.PEM

@@ -16,14 +16,14 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mesh.audit import LOGGER_NAME, AuditLog
-from mesh.interceptors.guard import CallGuard, Rejected
+from mesh.identity.bundle import FileBundleSource
 from mesh.policy import Policy, Rule
-from mesh.status import error_info
-from mesh.tokens.bundle import FileBundleSource
 from mesh.tokens.jose import SignKey
 from mesh.tokens.signer import TokenSigner
 from mesh.tokens.verify import ChainVerifier
+from mesh.transport.audit import LOGGER_NAME, AuditLog
+from mesh.transport.guard import CallGuard, Rejected
+from mesh.transport.status import error_info
 
 UNARY = "/test.v1.Echo/Unary"
 STREAM = "/test.v1.Echo/ServerStream"

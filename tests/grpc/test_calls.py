@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.context import enter_call, leave_call
 from mesh.policy import Policy, Rule
-from mesh.status import error_info
 from mesh.tokens.verify import ChainVerifier
+from mesh.transport.context import enter_call, leave_call
+from mesh.transport.status import error_info
 
 SVC = "/test.v1.Echo/"
 
@@ -160,8 +160,8 @@ def test_aio_plain_def_handler_sees_the_caller(kit: Any) -> None:
     """grpc/grpc#37881: a plain def handler on an aio server still sees current_call()."""
     import grpc.aio
 
-    from mesh.context import current_call
-    from mesh.server import AioMeshServer
+    from mesh.transport.context import current_call
+    from mesh.transport.server import AioMeshServer
 
     source = kit.identity("orders")
 
@@ -177,7 +177,7 @@ def test_aio_plain_def_handler_sees_the_caller(kit: Any) -> None:
         port = server.add_port("127.0.0.1:0")
         await server.start()
         try:
-            from mesh.channel import AioMeshChannel
+            from mesh.transport.channel import AioMeshChannel
             channel = AioMeshChannel(f"127.0.0.1:{port}", "orders", kit.identity("gateway"))
             result: bytes = await channel.unary_unary("/p.P/M")(b"", timeout=10)
             await channel.close()

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
+from mesh.identity.bundle import FileBundleSource
 from mesh.policy import Policy, Rule
-from mesh.status import error_info
-from mesh.tokens.bundle import FileBundleSource
+from mesh.transport.status import error_info
 
 UNARY = "/test.v1.Echo/Unary"
 
@@ -109,9 +109,9 @@ def test_rotation_under_continuous_traffic_has_zero_failed_calls(kit: Any) -> No
 def test_bundle_update_is_picked_up_without_restart(kit: Any) -> None:
     """A service issued after its callee started is trusted at once (its key reaches the
     callee's bundle); a replica whose bundle never reloads is the negative control."""
-    from mesh.context import enter_call, leave_call
     from mesh.tokens.signer import TokenSigner
     from mesh.tokens.verify import ChainVerifier
+    from mesh.transport.context import enter_call, leave_call
 
     rule = Policy([Rule(methods=("*",), chains=(("gateway", "orders"),))])
     # the control reads a copy of today's bundle that nobody will update

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh.identity.spiffeid import SpiffeId, TrustDomain
 from mesh.policy import (
     ALLOWED,
     CHAIN_NOT_ALLOWED,
@@ -26,7 +27,6 @@ from mesh.policy import (
     load_policy,
     parse_policy,
 )
-from mesh.spiffeid import SpiffeId, TrustDomain
 
 TD = TrustDomain("mesh.internal")
 GET = "/shop.v1.Orders/Get"

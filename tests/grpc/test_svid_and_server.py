@@ -13,12 +13,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mesh.audit import LOGGER_NAME
-from mesh.context import current_call
-from mesh.grpcerrors import InsecureServerError, ServerConfigError
-from mesh.policy import Policy, Rule
-from mesh.server import MeshServer
-from mesh.svid import (
+from mesh.identity.svid import (
     StaticSvid,
     SvidFileError,
     SvidKeyMismatchError,
@@ -27,6 +22,11 @@ from mesh.svid import (
     X509SvidFolder,
     build_svid,
 )
+from mesh.policy import Policy, Rule
+from mesh.transport.audit import LOGGER_NAME
+from mesh.transport.context import current_call
+from mesh.transport.errors import InsecureServerError, ServerConfigError
+from mesh.transport.server import MeshServer
 
 UNARY = "/test.v1.Echo/Unary"
 ANY = Policy([Rule(methods=("*",), peers=("*",), require_user=False)])
@@ -126,16 +126,16 @@ def test_mesh_server_refuses_to_serve_without_mutual_tls(kit: Any) -> None:
 def test_a_server_without_a_crl_says_revocation_is_off(
     kit: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mesh.tokens.bundle import FileBundleSource
+    from mesh.identity.bundle import FileBundleSource
 
     no_crl = FileBundleSource(kit.ca.bundle_path)
     assert not no_crl.checks_revocation and kit.bundle.checks_revocation
-    with caplog.at_level(logging.WARNING, logger="mesh.server"):
+    with caplog.at_level(logging.WARNING, logger="mesh.transport.server"):
         MeshServer(kit.identity("orders"), ANY, no_crl)
     assert any("no CRL" in r.getMessage() for r in caplog.records)
     caplog.clear()
     # control: the kit's bundle has the CA's crl.pem, and nothing is said
-    with caplog.at_level(logging.WARNING, logger="mesh.server"):
+    with caplog.at_level(logging.WARNING, logger="mesh.transport.server"):
         MeshServer(kit.identity("orders"), ANY, kit.bundle)
     assert not any("no CRL" in r.getMessage() for r in caplog.records)
 
@@ -216,10 +216,10 @@ def test_reload_with_key_open_to_other_users_keeps_the_identity(
     renewed = kit.ca.renew("orders")
     renewed.write_to(folder)
     os.chmod(folder / "svid_key.pem", 0o644)
-    caplog.set_level(logging.WARNING, logger="mesh.svid")
+    caplog.set_level(logging.WARNING, logger="mesh.identity.svid")
     assert source.current() is first
     assert source.current() is first  # the same bad files are not re-read nor re-logged
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mesh.svid"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mesh.identity.svid"]
     assert len(warnings) == 1 and "keeping the current identity" in warnings[0]
     assert "open to other users (mode 0644)" in warnings[0]
     assert "PRIVATE KEY" not in caplog.text

@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.audit import LOGGER_NAME
-from mesh.grpcerrors import ServerConfigError
 from mesh.policy import Policy
-from mesh.server import MeshServer, build_guard
-from mesh.status import error_info
+from mesh.transport.audit import LOGGER_NAME
+from mesh.transport.errors import ServerConfigError
+from mesh.transport.server import MeshServer, build_guard
+from mesh.transport.status import error_info
 
 UNARY = "/test.v1.Echo/Unary"
 STREAM = "/test.v1.Echo/ServerStream"

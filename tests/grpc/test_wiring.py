@@ -6,26 +6,21 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.credentials import server_credentials
-from mesh.interceptors.server_aio import AioMeshServerInterceptor
-from mesh.interceptors.server_sync import MeshServerInterceptor
 from mesh.policy import Policy, Rule
-from mesh.server import build_guard
-from mesh.status import error_info
+from mesh.transport.status import error_info
 
 SVC = "/test.v1.Echo/"
 ANY_APP = Policy([Rule(methods=("*",), peers=("gateway",), require_user=False)])
 
 
 def echo_handler() -> grpc.GenericRpcHandler:
-    from mesh.context import current_call
+    from mesh.transport.context import current_call
 
     def unary(request: bytes, context: Any) -> bytes:
         call = current_call()
@@ -61,48 +56,8 @@ def test_health_goes_through_the_guard_on_the_registered_path(kit: Any) -> None:
     channel.close()
 
 
-def test_interceptor_on_a_server_you_build(kit: Any) -> None:
-    source = kit.identity("orders")
-    guard = build_guard(source, ANY_APP, kit.bundle)
-    server = grpc.server(futures.ThreadPoolExecutor(4),
-                         interceptors=[MeshServerInterceptor(guard)])
-    server.add_generic_rpc_handlers([echo_handler()])
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(source))
-    server.start()
-    try:
-        ok = kit.channel(port, "orders", kit.identity("gateway"))
-        assert ok.unary_unary(SVC + "Unary")(b"", timeout=5) == b"gateway"
-        bad = kit.channel(port, "orders", kit.identity("inventory"))
-        try:
-            bad.unary_unary(SVC + "Unary")(b"", timeout=5)
-            raise AssertionError("inventory was let in")
-        except grpc.RpcError as err:
-            assert error_info(err).reason == "PEER_NOT_ALLOWED"
-    finally:
-        server.stop(None)
 
 
-def test_aio_interceptor_on_a_server_you_build(kit: Any) -> None:
-    source = kit.identity("orders")
-    gateway = kit.identity("gateway")
-
-    async def run() -> bytes:
-        from mesh.channel import AioMeshChannel
-
-        guard = build_guard(source, ANY_APP, kit.bundle)
-        server = grpc.aio.server(interceptors=[AioMeshServerInterceptor(guard)])
-        server.add_generic_rpc_handlers([echo_handler()])
-        port = server.add_secure_port("127.0.0.1:0", server_credentials(source))
-        await server.start()
-        try:
-            channel = AioMeshChannel(f"127.0.0.1:{port}", "orders", gateway)
-            reply: bytes = await channel.unary_unary(SVC + "Unary")(b"", timeout=5)
-            await channel.close()
-            return reply
-        finally:
-            await server.stop(None)
-
-    assert kit.aio.run(run()) == b"gateway"
 
 
 def test_stream_in_flight_survives_a_rotation(kit: Any) -> None:
@@ -155,26 +110,6 @@ def test_aio_channel_follows_rotation(kit: Any) -> None:
     kit.aio.run(channel.close())
 
 
-def test_client_interceptor_on_a_channel_you_build(kit: Any, as_user_call: Any) -> None:
-    from mesh.interceptors.client_sync import MeshClientInterceptor
-    from mesh.interceptors.minter import TokenMinter
-
-    port = kit.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),))]))
-    gateway = kit.identity("gateway")
-    folder = kit.folder("gateway")
-    creds = grpc.ssl_channel_credentials((folder / "svid_bundle.pem").read_bytes(),
-                                         (folder / "svid_key.pem").read_bytes(),
-                                         (folder / "svid.pem").read_bytes())
-    raw = grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[
-        ("grpc.ssl_target_name_override", "orders.svc.mesh.internal")])
-    minter = TokenMinter(gateway.current(), kit.td.service("orders"))
-    channel = grpc.intercept_channel(raw, MeshClientInterceptor(minter))
-    with as_user_call("gateway", kit.user_token("carol")):
-        seen = json.loads(channel.unary_unary(SVC + "Unary")(b"x", timeout=5))
-        streamed = [json.loads(m) for m in channel.unary_stream(SVC + "ServerStream")(
-            b"x", timeout=5)]
-    assert seen["user"] == "carol" and {m["user"] for m in streamed} == {"carol"}
-    raw.close()
 
 
 def test_asking_for_the_same_method_again_reuses_one_underlying_multicallable(kit: Any) -> None:
@@ -189,9 +124,9 @@ def test_asking_for_the_same_method_again_reuses_one_underlying_multicallable(ki
 def test_registered_method_handlers_are_guarded_on_both_flavours(kit: Any) -> None:
     """What generated add_XServicer_to_server() uses (grpcio >= 1.62): both server flavours wrap
     each registered handler with the guard; health, registered the same way, answers."""
-    from mesh.channel import AioMeshChannel
-    from mesh.context import current_call
-    from mesh.server import AioMeshServer, MeshServer
+    from mesh.transport.channel import AioMeshChannel
+    from mesh.transport.context import current_call
+    from mesh.transport.server import AioMeshServer, MeshServer
 
     def who(request: bytes, context: Any) -> bytes:
         call = current_call()

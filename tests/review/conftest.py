@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import ChainVerifier, FileBundleSource, TokenSigner, VerifyLimits
 
 SERVICES = ("auth", "gateway", "orders", "payments")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mesh.tokens.bundle import FileBundleSource
+from mesh.identity.bundle import FileBundleSource
 from mesh.tokens.errors import BundleError, CertificateRevoked
 
 
@@ -125,7 +125,7 @@ def _add_jwt_entry(m: Any, tmp_path: Path, cert: Any, kid: str) -> Path:
 def test_bundle_refuses_a_ca_certificate_as_signing_key(review_mesh: Any, tmp_path: Path) -> None:
     """Regression guard: the intermediate CA carries the SPIFFE ID spiffe://<td> and chains to
     the root, but as a jwt-svid entry it is refused (an end-entity profile is required)."""
-    from mesh.x509util import thumbprint
+    from mesh.identity.certs import thumbprint
 
     m = review_mesh(intermediate=True)
     inter = m.ca.issuer_cert

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mesh.audit import AuditLog
-from mesh.interceptors.guard import CallGuard, Rejected, bearer_token
 from mesh.policy import NO_POLICY_RULE, Policy, Rule
 from mesh.tokens.errors import TokenMalformed, TokenMissing
 from mesh.tokens.verify import ChainVerifier
+from mesh.transport.audit import AuditLog
+from mesh.transport.guard import CallGuard, Rejected, bearer_token
 
 METHOD = "/review.v1.Probe/Who"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mesh.svid import SvidError, X509SvidFolder
+from mesh.identity.svid import SvidError, X509SvidFolder
 
 
 def test_service_refuses_a_key_file_open_to_other_users(mesh_ca: Any, tmp_path: Path) -> None:

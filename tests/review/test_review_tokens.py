@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from mesh.errors import CallRefused
 from mesh.tokens.cache import VerifiedTokenCache
-from mesh.tokens.errors import TokenError
 
 NOT_A_TIME = [True, False, 1.0, 1e10, "1700000000", None, [1], {"t": 1}, -1, 2**53, 2**64]
 
@@ -20,7 +20,7 @@ def test_time_claims_must_be_whole_numbers(shared_mesh: Any, claim: str, value: 
     m = shared_mesh
     verifier = m.verifier("gateway")
     assert verifier.verify(m.forge_user(m.user_claims()), None).user == "alice"  # control
-    with pytest.raises(TokenError) as info:
+    with pytest.raises(CallRefused) as info:
         verifier.verify(m.forge_user(m.user_claims(**{claim: value})), None)
     assert info.value.reason in {"CLAIM_INVALID", "TOKEN_EXPIRED", "TOKEN_NOT_YET_VALID"}
     if claim != "exp" or value not in (True, False, -1):
@@ -49,7 +49,7 @@ def test_claim_type_and_spelling_confusion_rejected(shared_mesh: Any,
     """Regression guard: nested objects where strings are expected, and near-miss spellings of
     the audience or issuer, are refused (no normalisation, no substring match)."""
     m = shared_mesh
-    with pytest.raises(TokenError):
+    with pytest.raises(CallRefused):
         m.verifier("gateway").verify(m.forge_user(m.user_claims(**over)), None)
 
 
@@ -68,7 +68,7 @@ def test_claim_type_and_spelling_confusion_rejected(shared_mesh: Any,
 def test_json_oddities_rejected(shared_mesh: Any, raw: bytes) -> None:
     m = shared_mesh
     c = m.user_claims()
-    with pytest.raises(TokenError) as info:
+    with pytest.raises(CallRefused) as info:
         m.verifier("gateway").verify(m.forge_user(raw % (c["iat"], c["exp"])), None)
     assert info.value.reason in {"TOKEN_MALFORMED", "TOKEN_TOO_LARGE"}
 
@@ -86,13 +86,13 @@ def test_shared_cache_keeps_audience_and_peer_checks(review_mesh: Any) -> None:
     gw, other = m.svids["gateway"].certificate, m.svids["payments"].certificate
     for _ in range(2):  # the second round runs from the cache
         assert orders.verify(token, gw).user == "alice"
-    with pytest.raises(TokenError) as info:
+    with pytest.raises(CallRefused) as info:
         payments.verify(token, gw)
     assert info.value.reason == "AUDIENCE_MISMATCH"
-    with pytest.raises(TokenError) as info:
+    with pytest.raises(CallRefused) as info:
         orders.verify(token, other)
     assert info.value.reason == "PEER_MISMATCH"
-    with pytest.raises(TokenError) as info:
+    with pytest.raises(CallRefused) as info:
         orders.verify(token, None)  # the same bytes at an edge port
     assert info.value.reason == "TYPE_MISMATCH"
 
@@ -112,7 +112,7 @@ def test_errors_never_echo_the_token(review_mesh: Any) -> None:
         (m.verifier("orders"), user, m.svids["gateway"].certificate),
     ]
     for verifier, token, peer in attempts:
-        with pytest.raises(TokenError) as info:
+        with pytest.raises(CallRefused) as info:
             verifier.verify(token, peer)
         text = str(info.value) + repr(info.value.args)
         for part in (*token.split("."), *user.split(".")):
@@ -158,6 +158,6 @@ def test_peer_with_p384_key_is_refused_as_untrusted(review_mesh: Any) -> None:
     )
     bundle = m.bundle()
     assert bundle.verify_chain([cert]) == m.id("orders")  # a valid SVID of the trust domain
-    with pytest.raises(TokenError) as info:
+    with pytest.raises(CallRefused) as info:
         m.verifier("payments", bundle=bundle).verify("a.b.c", cert)
     assert info.value.reason == "CERT_UNTRUSTED"

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from mesh.spiffeid import SpiffeId, TrustDomain
+from mesh.identity.spiffeid import SpiffeId, TrustDomain
 from mesh.tokens import ChainVerifier, FileBundleSource, TokenSigner, VerifyLimits
 from mesh.tokens.cache import VerifiedTokenCache
 

@@ -11,20 +11,22 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mesh.tokens import ChainVerifier, TokenError
+from mesh.errors import CallRefused
+from mesh.tokens import ChainVerifier
 from mesh.tokens import errors as E
 
-UNAUTH = "UNAUTHENTICATED"
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 
 
 def rejects(
-    verifier: ChainVerifier, token: str, peer: Any, exc: type[TokenError], reason: str,
+    verifier: ChainVerifier, token: str, peer: Any, exc: type[CallRefused], reason: str,
     hop: int | None,
-) -> TokenError:
+) -> CallRefused:
     with pytest.raises(exc) as info:
         verifier.verify(token, peer)
     err = info.value

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mesh.spiffeid import TrustDomain
+from mesh.identity.spiffeid import TrustDomain
 from mesh.tokens import BundleSource, FileBundleSource
 from mesh.tokens import errors as E
 
@@ -179,7 +179,7 @@ def test_a_broken_update_keeps_the_last_good_bundle(
     tmp = tmp_path / "new.json"
     tmp.write_text('{"keys": [')
     os.replace(tmp, path)
-    with caplog.at_level(logging.WARNING, logger="mesh.tokens.bundle"):
+    with caplog.at_level(logging.WARNING, logger="mesh.identity.bundle"):
         assert not bundle.refresh()
         assert set(bundle.kids()) == kids
     assert bundle.generation == generation
@@ -251,7 +251,7 @@ def test_a_key_refused_for_time_is_revalidated_when_asked_for(
     although the files did not change."""
     from datetime import UTC, datetime, timedelta
 
-    import mesh.tokens.bundle as bundle_module
+    import mesh.identity.bundle as bundle_module
 
     start = datetime.now(UTC)
     early = mesh.ca.issue("ledger", not_before=start + timedelta(minutes=2))

@@ -18,7 +18,8 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.spiffeid import SpiffeId, TrustDomain
+from mesh.errors import CallRefused
+from mesh.identity.spiffeid import SpiffeId, TrustDomain
 from mesh.tokens import (
     BundleKey,
     ChainVerifier,
@@ -76,7 +77,7 @@ def _verifier(mesh: Any, name: str, bundle: Any, cache: VerifiedTokenCache | Non
 def _outcome(verifier: ChainVerifier, token: str, peer: Any) -> Any:
     try:
         return verifier.verify(token, peer)
-    except TokenError as err:
+    except CallRefused as err:
         return (type(err), err.reason, err.hop, str(err))
 
 

@@ -13,18 +13,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mesh.identity.certs import thumbprint
 from mesh.tokens import FileBundleSource, MaxLifetime, SigningError, TokenSigner
 from mesh.tokens import errors as E
 from mesh.tokens.cache import VerifiedTokenCache
-from mesh.x509util import thumbprint
 
-UNAUTH = "UNAUTHENTICATED"
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 
 
 def _svid_with_key(mesh: Any, name: str, key: Any) -> x509.Certificate:

@@ -144,7 +144,7 @@ def test_an_older_crl_number_is_refused(
     current = _number(crl.read_bytes())
     older = _crl(mesh.ca.root_cert, mesh.ca._root_key, [], number=current - 1)
     generation = bundle.generation
-    with caplog.at_level(logging.WARNING, logger="mesh.tokens.bundle"):
+    with caplog.at_level(logging.WARNING, logger="mesh.identity.bundle"):
         _replace(crl, older, 2)
         assert bundle.refresh() is False
     assert bundle.is_revoked(mesh.cert("payments"))

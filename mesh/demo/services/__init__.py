@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mesh.identity.spiffeid import TrustDomain
 from mesh.policy import Policy, load_policy
-from mesh.spiffeid import TrustDomain
 
 SERVICES = ("auth", "gateway", "orders", "inventory", "payments", "reporting")
 _HERE = Path(__file__).resolve().parent

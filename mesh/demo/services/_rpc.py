@@ -1,7 +1,8 @@
 """What every demo servicer shares: who the verified user is, and how failures reach the wire.
 
 A :class:`~mesh.demo.errors.DemoError` becomes its status with a ``google.rpc.ErrorInfo`` (the
-same shape as the mesh's own rejections, :mod:`mesh.status`). A failure of a service called
+same shape as the mesh's own rejections, :mod:`mesh.transport.status`). A
+failure of a service called
 downstream is passed on with its code and ErrorInfo intact (so the caller learns that, say,
 inventory refused for ``SCOPE_MISSING``), its message prefixed with who refused.
 """
@@ -17,11 +18,11 @@ import grpc
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
-from mesh.context import current_call
 from mesh.demo.errors import DemoError, DownstreamFailed, UserRequired
 from mesh.errors import MeshError
-from mesh.spiffeid import SpiffeId
-from mesh.status import rejection
+from mesh.identity.spiffeid import SpiffeId
+from mesh.transport.context import current_call
+from mesh.transport.status import rejection
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("mesh.demo")
@@ -46,8 +47,7 @@ def verified_user() -> str:
 
 def _abort_demo(context: grpc.ServicerContext, err: DemoError, service: str,
                 method: str) -> NoReturn:
-    code = grpc.StatusCode[err.status]
-    context.abort_with_status(rejection(code, str(err), err.reason, service=service,
+    context.abort_with_status(rejection(err.status, str(err), err.reason, service=service,
                                         method=method))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
@@ -105,9 +105,9 @@ def call_downstream(service: str, fn: Callable[[], Any]) -> Any:
         raise Downstream(service, err) from err
 
 
-def _abort_for(context: grpc.ServicerContext, err: Downstream | MeshError, service: str,
+def _abort_for(context: grpc.ServicerContext, err: Downstream | DemoError | MeshError, service: str,
                method: str) -> NoReturn:
-    """End the call with the status that ``err`` stands for (DemoError is a MeshError)."""
+    """End the call with the status that ``err`` stands for."""
     if isinstance(err, DemoError):
         _abort_demo(context, err, service, method)
     if isinstance(err, Downstream):
@@ -123,7 +123,7 @@ def handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
         def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return fn(self, request, context)
-            except (Downstream, MeshError) as err:
+            except (Downstream, DemoError, MeshError) as err:
                 _abort_for(context, err, str(own_id), method)
 
         return cast(F, inner)
@@ -139,7 +139,7 @@ def stream_handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
         def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from fn(self, request, context)
-            except (Downstream, MeshError) as err:
+            except (Downstream, DemoError, MeshError) as err:
                 _abort_for(context, err, str(own_id), method)
 
         return cast(F, inner)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from mesh.demo.auth_logic import LoginService
+from mesh.demo.logic.auth import LoginService
 from mesh.demo.services._rpc import Registry, handler
 from mesh.demo.v1 import auth_pb2, auth_pb2_grpc
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 LOGIN = "/mesh.demo.v1.AuthService/Login"
 

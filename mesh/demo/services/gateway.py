@@ -18,7 +18,7 @@ from mesh.demo.services._rpc import (
     verified_user,
 )
 from mesh.demo.v1 import gateway_pb2, gateway_pb2_grpc, orders_pb2, orders_pb2_grpc
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 PLACE_ORDER = "/mesh.demo.v1.GatewayService/PlaceOrder"
 LIST_ORDERS = "/mesh.demo.v1.GatewayService/ListOrders"

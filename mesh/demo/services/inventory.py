@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import grpc
 
 from mesh.demo.errors import InvalidRequest
-from mesh.demo.inventory_logic import MAX_LINES, Inventory, Reservation, ReserveLine
+from mesh.demo.logic.inventory import MAX_LINES, Inventory, Reservation, ReserveLine
 from mesh.demo.services._rpc import Registry, handler, verified_user
 from mesh.demo.v1 import inventory_pb2, inventory_pb2_grpc
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 RESERVE = "/mesh.demo.v1.InventoryService/Reserve"
 RESERVE_MANY = "/mesh.demo.v1.InventoryService/ReserveMany"

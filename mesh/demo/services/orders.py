@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 
-from mesh.demo.orders_logic import OrderPlan, place_order, plan_order
-from mesh.demo.orders_store import OrdersStore, StoredOrder
+from mesh.demo.logic.orders import OrderPlan, place_order, plan_order
+from mesh.demo.logic.orders_store import OrdersStore, StoredOrder
 from mesh.demo.services._rpc import (
     Registry,
     call_downstream,
@@ -23,7 +23,7 @@ from mesh.demo.v1 import (
     payments_pb2,
     payments_pb2_grpc,
 )
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 CREATE_ORDER = "/mesh.demo.v1.OrdersService/CreateOrder"
 LIST_ORDERS = "/mesh.demo.v1.OrdersService/ListOrders"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from mesh.demo.payments_logic import Payments
+from mesh.demo.logic.payments import Payments
 from mesh.demo.services._rpc import Registry, handler, verified_user
 from mesh.demo.v1 import payments_pb2, payments_pb2_grpc
-from mesh.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId
 
 CHARGE = "/mesh.demo.v1.PaymentsService/Charge"
 

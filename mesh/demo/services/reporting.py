@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mesh.demo.inventory_logic import StockLevel
+from mesh.demo.logic.inventory import StockLevel
 from mesh.demo.v1 import inventory_pb2, inventory_pb2_grpc
 
 STOCK_TIMEOUT = 5.0

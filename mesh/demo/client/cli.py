@@ -1,0 +1,48 @@
+"""The ``mesh demo`` command group (registered by :mod:`mesh.cli`): ``mesh demo call ...``.
+
+Argument parsing only; the gRPC client is imported when the command runs, so other ``mesh``
+commands do not pay for loading it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def configure_call(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--state", type=Path, default=Path("demo-state"),
+                   help="the running demo's state folder (default: ./demo-state)")
+    p.add_argument("--user", default="alice", help="demo user (default: alice)")
+    p.add_argument("--password",
+                   help="password (default: $MESH_DEMO_PASSWORD, else the demo user's "
+                        "published demo password, else a prompt)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    order = actions.add_parser("order", help="place an order: SKU=QUANTITY ...")
+    order.add_argument("lines", nargs="+", metavar="SKU=QTY")
+    listing = actions.add_parser("list", help="list the user's orders (newest first)")
+    listing.add_argument("--limit", type=int, default=0)
+    actions.add_parser("token", help="log in and print the user token (to pipe into "
+                                     "'mesh token verify -')")
+    p.set_defaults(handler=_call)
+    return p
+
+
+def _call(args: argparse.Namespace) -> int:
+    from mesh.demo.client.call import run  # noqa: PLC0415 - grpc loads only for this command
+
+    return run(args)
+
+
+def register(commands: Any) -> None:
+    """Add ``demo`` to the ``mesh`` command's subparsers."""
+    demo = commands.add_parser("demo", help="the demo mesh: call it by hand",
+                               description="The demo mesh (start it with ./scripts/demo "
+                                           "--keep-running).")
+    sub = demo.add_subparsers(dest="demo_command", metavar="COMMAND", required=True)
+    configure_call(sub.add_parser(
+        "call", help="log in as a demo user and call the gateway",
+        description="Log in at auth's edge port and call the gateway's edge port of the demo "
+                    "started with --keep-running."))

@@ -1,0 +1,198 @@
+"""The demo launcher: ``python -m mesh.demo.orchestration.launcher`` (what ``./scripts/demo`` runs).
+
+Builds a fresh mesh in ``--state`` (default ``./demo-state``): a CA through ``mesh-ca`` and
+``ca-issue``, one SVID per service, the six services as processes on 127.0.0.1, each
+health-checked over mutual TLS; then tells the story (:mod:`mesh.demo.orchestration.story`),
+prints a summary table and stops every process it started, also on Ctrl-C, SIGTERM or a failed
+step. Exit code: 0 when every step went as expected, 1 when one did not, 2 for bad arguments, 130 on Ctrl-C.
+``--keep-running`` leaves the mesh up after the story and prints how to call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mesh.demo.errors import DemoConfigError
+from mesh.demo.orchestration.procs import Supervisor
+from mesh.demo.orchestration.stage import (
+    OPERATOR,
+    USERS,
+    Stage,
+    prepare_state,
+    processes_mentioning,
+)
+from mesh.demo.orchestration.story import Out, Report, Story
+from mesh.demo.services import SERVICES
+
+DEFAULT_STATE = "demo-state"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mesh.demo.orchestration.launcher",
+        description="Run the meshid demo: a CA, six services on loopback, and the story.")
+    p.add_argument("--state", default=DEFAULT_STATE, type=Path,
+                   help=f"state folder, emptied on every run (default: ./{DEFAULT_STATE})")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the mesh up after the story (Ctrl-C stops it)")
+    return p
+
+
+def set_up(stage: Stage, out: Out, report: Report) -> None:
+    out.section("0. Set-up: a CA, one SVID per service, six services on loopback")
+    started = time.monotonic()
+    out.line("$ mesh-ca init --ca-dir " + _rel(stage.ca_dir), 2)
+    out.line(stage.init_ca().rstrip(), 4)
+    names = [*SERVICES, OPERATOR]
+    out.line(f"$ ca-issue {' '.join(names)} --ca-dir {_rel(stage.ca_dir)} --out "
+             f"{_rel(stage.ids)}", 2)
+    out.line(f"({OPERATOR} is the launcher's own identity, for health checks and the staged "
+             "attacks)", 4)
+    stage.issue(names)
+    out.line(f"$ mesh-ca list --ca-dir {_rel(stage.ca_dir)}", 2)
+    out.line(stage.ca_list().rstrip(), 4)
+    sample = stage.ids / "orders" / "svid.pem"
+    out.line(f"$ mesh-ca inspect --leaf {_rel(sample)}", 2)
+    out.line(stage.run_tool("mesh-ca", "inspect", "--leaf", str(sample)).rstrip(), 4)
+    stage.write_users()
+    out.line("demo users (users.json holds scrypt hashes only): "
+             + ", ".join(f"{u.username} / {u.password} (scope {' '.join(u.scope)})"
+                         for u in USERS), 2)
+    out.result(report.add("0 CA and SVIDs", "mesh-ca init, ca-issue",
+                          f"{len(names)} X.509-SVIDs in {_rel(stage.ids)}", True))
+    stage.start_all()
+    out.line("services, each its own process, each health-checked over mutual TLS:", 2)
+    for name in SERVICES:
+        ep = stage.endpoints[name]
+        edge = f"edge (server TLS) {ep.edge}" if ep.edge else ""
+        out.line(f"{name:<10} pid {ep.pid:<7} mTLS {ep.listen:<16} {edge}", 4)
+    row = report.add("0 six services healthy",
+                     "grpc.health.v1 SERVING", f"all SERVING after "
+                     f"{time.monotonic() - started:.1f} s", True)
+    out.result(row)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def keep_running(stage: Stage, out: Out) -> None:
+    out.section("The mesh is up")
+    if "auth" not in stage.endpoints:
+        stage.start(["auth"])
+        out.line("auth restarted, so new logins work", 2)
+    endpoints = stage.write_endpoints()
+    state = _rel(stage.state)
+    out.line(textwrap.dedent(f"""\
+        endpoints: {_rel(endpoints)}; audit logs: {state}/logs/*.audit.jsonl
+        call it from another terminal (password: see the set-up above, or --password):
+          .venv/bin/mesh demo call --state {state} --user alice order coffee-beans=2 mug=1
+          .venv/bin/mesh demo call --state {state} --user alice list
+          .venv/bin/mesh demo call --state {state} --user bob order mug=1   # SCOPE_MISSING
+        Ctrl-C stops every service."""), 2)
+    while True:
+        dead = [c.name for c in stage.sup.children()
+                if not c.alive() and c.name in stage.endpoints]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly; see {state}/logs/")
+        time.sleep(0.5)
+
+
+def shut_down(stage: Stage, out: Out, report: Report) -> None:
+    # Stop first, print after: output can fail (a closed pipe), stopping must not.
+    children = stage.sup.children()
+    stage.sup.stop_all()
+    out.section("5. Shutdown")
+    alive = [c.name for c in children if c.alive()]
+    strays = processes_mentioning(stage.state)
+    row = report.add("5 clean shutdown", "no process left",
+                     f"{len(children)} processes started, {len(alive) + len(strays)} left"
+                     + (f": {alive or strays}" if alive or strays else ""),
+                     not alive and not strays)
+    out.result(row)
+
+
+def print_summary(out: Out, report: Report) -> None:
+    out.section("Summary")
+    width = max((len(r.step) for r in report.rows), default=10)
+    exp_width = min(40, max((len(r.expected) for r in report.rows), default=10))
+    out.line(f"{'step':<{width}}  {'expected':<{exp_width}}  result  observed")
+    for r in report.rows:
+        observed = r.observed if len(r.observed) <= 60 else r.observed[:57] + "..."
+        expected = r.expected if len(r.expected) <= exp_width else (
+            r.expected[: exp_width - 3] + "...")
+        out.line(f"{r.step:<{width}}  {expected:<{exp_width}}  "
+                 f"{'ok' if r.ok else 'FAIL':<6}  {observed}")
+    failed = [r for r in report.rows if not r.ok]
+    out.line()
+    out.line(f"{len(report.rows) - len(failed)} of {len(report.rows)} steps as expected"
+             + ("" if not failed else f"; {len(failed)} not: " + "; ".join(r.step for r in failed)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = Out(sys.stdout)
+    state: Path = args.state.resolve()
+    try:
+        prepare_state(state)
+    except DemoConfigError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 2
+    out.line(f"meshid demo: six services on 127.0.0.1, state in {_rel(state)} "
+             f"(launcher pid {os.getpid()})")
+    supervisor = Supervisor(state)
+    supervisor.install_handlers()
+    stage = Stage(state, supervisor)
+    report = Report()
+    story = Story(stage, out, report)
+    code: int | None = None
+    try:
+        try:
+            set_up(stage, out, report)
+        except Exception as err:
+            out.result(report.add("0 set-up", "CA, SVIDs, six healthy services",
+                                  f"{type(err).__name__}: {err}", False))
+            raise _Abort from err
+        story.login_and_order()
+        story.attacks()
+        story.auth_down()
+        story.renewal_under_traffic()
+        if args.keep_running:
+            if report.all_ok:
+                keep_running(stage, out)
+            else:
+                out.line("\n(--keep-running ignored: a step did not go as expected)")
+    except _Abort:
+        pass
+    except KeyboardInterrupt:
+        out.line("\ninterrupted")
+        if not args.keep_running:
+            report.add("run to the end", "the whole story", "interrupted (Ctrl-C)", False)
+            code = 130
+    except Exception as err:
+        report.add("run to the end", "the whole story", f"{type(err).__name__}: {err}", False)
+    finally:
+        shut_down(stage, out, report)
+        print_summary(out, report)
+        (state / "summary.json").write_text(json.dumps(report.as_json(), indent=2))
+    if code is not None:
+        return code
+    return 0 if report.all_ok else 1
+
+
+class _Abort(Exception):
+    """Control flow: set-up failed, skip to the shutdown."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The demo's stage: a fresh state folder, a CA run through its own commands, an SVID for every
+service, the demo users, and the six services as processes on loopback, health-checked over
+mutual TLS.
+
+``mesh`` never imports ``ca``: the CA is driven as the README drives it, with ``mesh-ca`` and
+``ca-issue`` from the same environment, as subprocesses.
+
+State folder layout::
+
+    ca/                 the CA (keys, registry, bundle.spiffe.json, crl.pem)
+    identities/NAME/    svid.pem, svid_key.pem, svid_bundle.pem of each service
+    users.json          demo users (scrypt hashes only)
+    data/NAME/          a service's own state (orders.sqlite)
+    logs/NAME.log       a service's output; logs/NAME.audit.jsonl its authorization decisions
+    ready/NAME.json     written by a service once it listens
+    endpoints.json      where to call the mesh from outside (for ``mesh demo call``)
+    pids.json           the launcher's children
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from mesh.demo.errors import DemoConfigError, DemoError
+from mesh.demo.logic.users import new_user, write_users_file
+from mesh.demo.orchestration.procs import Supervisor, wait_for_file
+from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
+from mesh.identity.svid import StaticSvid, Svid
+from mesh.transport.credentials import channel_credentials
+
+MARKER = ".meshid-demo-state"
+# What a demo leaves in its state folder (scripts/ca_demo.py, the CA-only demo, too): a folder
+# holding only these may be emptied even without the marker.
+_DEMO_ENTRIES = frozenset({MARKER, "ca", "svids", "identities", "users.json", "data", "logs",
+                           "ready", "endpoints.json", "pids.json", "pids.tmp", "summary.json"})
+OPERATOR = "operator"  # the launcher's own identity: health checks and the staged attacks
+# Started in waves: a service is started once the services it calls listen.
+WAVES: tuple[tuple[str, ...], ...] = (
+    ("inventory", "payments", "auth"),
+    ("orders", "reporting"),
+    ("gateway",),
+)
+CALLS = {"gateway": ("orders",), "orders": ("inventory", "payments"), "reporting": ("inventory",)}
+EDGE = ("auth", "gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoUserSpec:
+    username: str
+    password: str
+    name: str
+    scope: tuple[str, ...]
+
+
+# Demo credentials, printed by the launcher; the users file itself holds scrypt hashes only.
+USERS = (
+    DemoUserSpec("alice", "alice-demo-pw", "Alice Example", ("orders:read", "orders:write")),
+    DemoUserSpec("bob", "bob-demo-pw", "Bob Example", ("orders:read",)),
+)
+
+
+class StageError(DemoError):
+    """A setup step (CA command, service start, health check) failed."""
+
+    reason = "STAGE_FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    service: str
+    listen: str
+    edge: str | None
+    pid: int
+
+
+def _tool(name: str) -> str:
+    """The console script from this interpreter's environment (the .venv), else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise StageError(f"{name} is not installed: run ./scripts/demo (it installs the project)")
+    return found
+
+
+def prepare_state(state: Path) -> None:
+    """Empty ``state`` for a fresh run; refuse a non-empty folder the demo did not make."""
+    if state.exists():
+        if not state.is_dir():
+            raise DemoConfigError(f"{state} exists and is not a folder")
+        entries = {entry.name for entry in state.iterdir()}
+        if entries and MARKER not in entries and not entries <= _DEMO_ENTRIES:
+            raise DemoConfigError(
+                f"{state} is not empty and was not made by the demo; pick another --state "
+                "folder (the demo deletes its state folder on every run)"
+            )
+        _stop_leftovers(state)
+        shutil.rmtree(state)
+    state.mkdir(parents=True)
+    (state / MARKER).write_text(
+        "made by python -m mesh.demo.orchestration.launcher; deleted on every run\n")
+
+
+def _stop_leftovers(state: Path) -> None:
+    """A previous run killed with SIGKILL may have left children: stop those of this folder."""
+    for pid in processes_mentioning(state):
+        try:
+            os.kill(pid, 15)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.monotonic() + 5
+    while processes_mentioning(state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def processes_mentioning(state: Path) -> list[int]:
+    """Live processes whose command line names the identities folder of ``state``: the demo's
+    services (the launcher and its parents name only ``state`` itself)."""
+    needle = str(state.resolve() / "identities").encode()
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            status = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # A zombie is already dead; it only waits for its parent to collect it.
+        if needle in cmdline and status.rsplit(")", 1)[-1].split()[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+class Stage:
+    """Everything the story acts on; build with :meth:`create`, then :meth:`start_all`."""
+
+    def __init__(self, state: Path, supervisor: Supervisor,
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
+        self.state = state.resolve()
+        self.sup = supervisor
+        self.td = TrustDomain(trust_domain)
+        self.ca_dir = self.state / "ca"
+        self.ids = self.state / "identities"
+        self.users_file = self.state / "users.json"
+        self.endpoints: dict[str, Endpoint] = {}
+
+    # -- the CA, through its commands ----------------------------------------------------------
+
+    def run_tool(self, tool: str, *args: str) -> str:
+        argv = [_tool(tool), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise StageError(f"{tool} {' '.join(args[:1])} failed (exit {done.returncode}): "
+                             f"{done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    def init_ca(self) -> str:
+        return self.run_tool("mesh-ca", "init", "--ca-dir", str(self.ca_dir),
+                             "--trust-domain", self.td.name)
+
+    def issue(self, names: Sequence[str]) -> str:
+        return self.run_tool("ca-issue", *names, "--ca-dir", str(self.ca_dir),
+                             "--out", str(self.ids))
+
+    def renew(self, name: str) -> str:
+        return self.run_tool("mesh-ca", "renew", name, "--ca-dir", str(self.ca_dir),
+                             "--out", str(self.ids))
+
+    def ca_list(self) -> str:
+        return self.run_tool("mesh-ca", "list", "--ca-dir", str(self.ca_dir))
+
+    def write_users(self) -> None:
+        write_users_file(self.users_file, [
+            new_user(u.username, u.password, name=u.name, scope=u.scope) for u in USERS
+        ])
+
+    # -- identities and files ------------------------------------------------------------------
+
+    def svid(self, name: str) -> Svid:
+        folder = self.ids / name
+        return StaticSvid.from_pem((folder / "svid.pem").read_bytes(),
+                                   (folder / "svid_key.pem").read_bytes(),
+                                   (folder / "svid_bundle.pem").read_bytes()).current()
+
+    def roots_pem(self) -> bytes:
+        return (self.ca_dir / "svid_bundle.pem").read_bytes()
+
+    def audit_file(self, name: str) -> Path:
+        return self.state / "logs" / f"{name}.audit.jsonl"
+
+    def audit(self, name: str) -> list[dict[str, Any]]:
+        path = self.audit_file(name)
+        if not path.exists():
+            return []
+        lines = []
+        for raw in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue
+        return lines
+
+    def log_text(self, name: str) -> str:
+        path = self.state / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- services ------------------------------------------------------------------------------
+
+    def argv(self, name: str) -> list[str]:
+        argv = [
+            sys.executable, "-m", "mesh.demo", name,
+            "--identity", str(self.ids / name),
+            "--listen", "127.0.0.1:0",
+            "--bundle", str(self.ca_dir / "bundle.spiffe.json"),
+            "--crl", str(self.ca_dir / "crl.pem"),
+            "--audit-log", str(self.audit_file(name)),
+            "--ready-file", str(self.state / "ready" / f"{name}.json"),
+            "--data", str(self.state / "data" / name),
+        ]
+        if name in EDGE:
+            argv += ["--edge-listen", "127.0.0.1:0"]
+        if name == "auth":
+            argv += ["--users", str(self.users_file)]
+        if name == "reporting":
+            argv += ["--report-interval", "1"]
+        for callee in CALLS.get(name, ()):
+            argv += ["--peer", f"{callee}={self.endpoints[callee].listen}"]
+        return argv
+
+    def start(self, names: Sequence[str], *, timeout: float = 30.0) -> None:
+        """Start ``names`` together, wait for each to listen and to answer its health check."""
+        children = []
+        for name in names:
+            ready = self.state / "ready" / f"{name}.json"
+            ready.unlink(missing_ok=True)
+            children.append((name, ready, self.sup.start(name, self.argv(name))))
+        for name, ready, child in children:
+            doc = wait_for_file(ready, child, timeout=timeout)
+            self.endpoints[name] = Endpoint(name, doc["listen"], doc.get("edge"), child.pid)
+        for name in names:
+            self.health(name)
+
+    def start_all(self) -> None:
+        for wave in WAVES:
+            self.start(wave)
+
+    def stop(self, name: str) -> int | None:
+        self.endpoints.pop(name, None)
+        return self.sup.stop(name)
+
+    def mtls_channel(self, target: str, callee: str, as_service: str) -> grpc.Channel:
+        """A raw mutual-TLS channel presenting ``as_service``'s SVID (no token interceptor)."""
+        return grpc.secure_channel(
+            target, channel_credentials(self.svid(as_service)),
+            options=[("grpc.ssl_target_name_override", self.td.service_dns_name(callee))],
+        )
+
+    def health(self, name: str, *, timeout: float = 15.0) -> None:
+        """grpc.health.v1 over mutual TLS, as the operator identity; SERVING or StageError."""
+        endpoint = self.endpoints[name]
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        with self.mtls_channel(endpoint.listen, name, OPERATOR) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if status.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                    last = f"status {status.status}"
+                except grpc.RpcError as err:
+                    last = f"{err.code().name}: {err.details()}"
+                time.sleep(0.1)
+        raise StageError(f"{name} did not pass its health check over mutual TLS: {last}")
+
+    def write_endpoints(self) -> Path:
+        doc = {
+            "trust_domain": self.td.name,
+            "roots": str(self.ca_dir / "svid_bundle.pem"),
+            "auth": self.endpoints["auth"].edge if "auth" in self.endpoints else None,
+            "gateway": self.endpoints["gateway"].edge,
+        }
+        path = self.state / "endpoints.json"
+        path.write_text(json.dumps(doc, indent=2))
+        return path
+
+    def served_certificate(self, name: str) -> x509.Certificate:
+        """The leaf ``name`` presents to a new connection right now (a TLS probe)."""
+        host, port = self.endpoints[name].listen.rsplit(":", 1)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=self.roots_pem().decode())
+        folder = self.ids / OPERATOR
+        ctx.load_cert_chain(folder / "svid.pem", folder / "svid_key.pem")
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(
+            raw, server_hostname=self.td.service_dns_name(name)
+        ) as tls:
+            der = tls.getpeercert(binary_form=True)
+        if der is None:
+            raise StageError(f"{name} presented no certificate")
+        return x509.load_der_x509_certificate(der)

@@ -1,0 +1,3 @@
+"""Per-service call policy: default deny, decided from the verified chain."""
+
+from mesh.policy.rules import *  # noqa: F403

@@ -1,0 +1,321 @@
+"""The server-side check of one call, shared by the sync and the aio interceptors.
+
+Order (DESIGN 4): the mutual-TLS peer (its certificate, not revoked, one SPIFFE ID of our trust
+domain), then the token chain (:class:`mesh.tokens.verify.ChainVerifier`), then the policy. The
+first failure becomes a :class:`Rejected` holding the gRPC status with an ErrorInfo detail.
+Every decision is written to the audit log, with the time the checks took.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from mesh.errors import CallRefused, MeshError
+from mesh.identity.bundle import BundleSource
+from mesh.identity.certs import spiffe_id_of, thumbprint
+from mesh.identity.spiffeid import SpiffeId
+from mesh.policy import Decision, Policy
+from mesh.tokens.errors import (
+    CertificateUntrusted,
+    TokenMalformed,
+    TokenMissing,
+)
+from mesh.tokens.verify import ChainVerifier, VerifiedChain
+from mesh.transport.audit import AuditLog
+from mesh.transport.status import rejection
+
+_log = logging.getLogger(__name__)
+VERIFIER_FAILED = "VERIFIER_FAILED"
+TOKENLESS = "TOKENLESS_METHOD"
+TOKENLESS_RULE = "tokenless_methods"
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+Metadata = Iterable[tuple[str, str | bytes]]
+NO_PEER: Mapping[str, Any] = MappingProxyType({})  # what an edge port's wrapper passes
+
+
+class Rejected(Exception):
+    """Carries the status to abort the call with."""
+
+    def __init__(self, status: grpc.Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What one peer certificate says, parsed once per distinct certificate."""
+
+    certificate: x509.Certificate
+    spiffe_id: SpiffeId
+    thumbprint: str
+    pem: bytes
+    not_after: float
+
+
+@dataclass(slots=True)
+class _Verified:
+    """A verified chain, the bundle generation it was verified under, decisions made for it.
+
+    ``valid_until``: the earliest of the chain's ``exp``, the ``notAfter`` of every certificate
+    whose key signed a layer (the peer's on a mutual-TLS port, the bundle keys' for the
+    rest): the verifier refuses a layer whose signing certificate has expired, whatever its
+    ``exp`` says, so the remembered call must end there too.
+    """
+
+    chain: VerifiedChain
+    generation: int
+    valid_until: float
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+
+class _PeerCache:
+    """Parsed peer certificates keyed by their PEM bytes; cleared when full (no LRU: a mesh has
+    few peers, and a lookup must stay lock-free on the hot path)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: dict[bytes, PeerInfo] = {}
+
+    def get(self, key: bytes) -> PeerInfo | None:
+        return self._items.get(key)
+
+    def put(self, key: bytes, info: PeerInfo) -> None:
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[key] = info
+
+
+def bearer_token(metadata: Metadata) -> str:
+    """The token of the one ``authorization: Bearer`` entry; raise TokenMissing/Malformed."""
+    found: list[str | bytes] = [v for k, v in metadata if k == "authorization"]
+    if not found:
+        raise TokenMissing("the call carries no 'authorization: Bearer <token>' metadata "
+                           "(DESIGN 3); every mesh call needs a token")
+    if len(found) > 1:
+        raise TokenMalformed("the call carries more than one authorization entry; send one")
+    value = found[0]
+    if isinstance(value, bytes):
+        raise TokenMalformed("the authorization metadata must be text, not binary")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise TokenMalformed("the authorization metadata must read 'Bearer <token>'")
+    return token.strip()
+
+
+class CallGuard:
+    """Checks peer, token chain and policy for one service; thread-safe."""
+
+    def __init__(self, *, own_id: SpiffeId, verifier: ChainVerifier, bundle: BundleSource,
+                 policy: Policy, audit: AuditLog, edge: bool = False,
+                 tokenless_methods: Iterable[str] = HEALTH_METHODS,
+                 peer_cache_size: int = 1024, call_cache_size: int = 4096,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.own_id = own_id
+        self._clock = clock  # a test's fake clock must be the verifier's too
+        self._verifier = verifier
+        self._bundle = bundle
+        self._policy = policy
+        self._audit = audit
+        self._edge = edge
+        self._tokenless = frozenset(tokenless_methods)
+        self._peers = _PeerCache(peer_cache_size) if peer_cache_size > 0 else None
+        # (token, peer PEM) -> (chain, bundle generation). A hit skips the verifier only while
+        # nothing it depended on can have changed: same bytes from the same certificate, the
+        # same bundle/CRL generation, and before the chain's earliest exp or signing
+        # certificate notAfter (no leeway, see _Verified). The policy's decision is remembered
+        # per method for that chain (the policy is immutable).
+        self._calls: dict[tuple[str, bytes | None], _Verified] | None = (
+            {} if call_cache_size > 0 else None
+        )
+        self._calls_max = call_cache_size
+        self._calls_lock = threading.Lock()
+
+    @property
+    def edge(self) -> bool:
+        return self._edge
+
+    def _reject(self, method: str, code: grpc.StatusCode, message: str, reason: str,
+                extra: Mapping[str, str] | None = None) -> Rejected:
+        return Rejected(rejection(code, message, reason, service=str(self.own_id),
+                                  method=method, extra=extra), reason)
+
+    def _verify(self, token: str, peer: PeerInfo | None) -> _Verified:
+        cache = self._calls
+        if cache is None:
+            chain = self._verifier.verify(token, peer.certificate if peer else None)
+            return _Verified(chain, 0, 0.0)
+        key = (token, peer.pem if peer else None)
+        generation = self._bundle.generation
+        hit = cache.get(key)
+        if hit is not None and hit.generation == generation and self._clock() < hit.valid_until:
+            return hit
+        chain = self._verifier.verify(token, peer.certificate if peer else None)
+        entry = _Verified(chain, generation, min(float(chain.expires_at), self._signers_until(
+            chain, peer.not_after if peer else math.inf)))
+        with self._calls_lock:
+            if len(cache) >= self._calls_max:
+                cache.clear()
+            cache[key] = entry
+        return entry
+
+    def _signers_until(self, chain: VerifiedChain, peer_not_after: float) -> float:
+        """The earliest ``notAfter`` of the certificates that signed ``chain``'s layers.
+
+        On a mutual-TLS port hop 0 is signed by the peer's own key (``peer_not_after``); every
+        other layer, and an edge port's user token, by a bundle key found by its ``kid``. A key
+        the bundle no longer holds (it changed since the check) gives -inf: never short-cut.
+        """
+        until = peer_not_after
+        for hop in chain.hops[0 if self._edge else 1:]:
+            key = self._bundle.key_for(hop.kid)
+            if key is None:
+                return -math.inf
+            until = min(until, float(key.not_after))
+        return until
+
+    def _decide(self, method: str, verified: _Verified) -> Decision:
+        # The policy is immutable and decides from (method, chain) alone, so a decision can be
+        # remembered with the verified chain it was made for.
+        decision = verified.decisions.get(method) if self._calls is not None else None
+        if decision is None:
+            decision = self._policy.decide(method, verified.chain)
+            if self._calls is not None and len(verified.decisions) < 64:
+                verified.decisions[method] = decision
+        return decision
+
+    def peer(self, auth_context: Mapping[str, Any]) -> PeerInfo:
+        """The mutual-TLS peer's certificate, parsed once per distinct certificate.
+
+        Rule 1 proper (chain to the bundle's anchors, CRL, validity now) is checked by the
+        verifier for token calls and by :meth:`check_peer` for tokenless ones: gRPC's TLS
+        checks the chain against ``svid_bundle.pem`` but knows no CRL.
+        """
+        pems = auth_context.get("x509_pem_cert")
+        if not pems:
+            raise CertificateUntrusted("the call did not arrive over mutual TLS: the peer "
+                                       "presented no certificate (DESIGN 4.1)")
+        pem = pems[0]
+        if self._peers is None:
+            return self._parse(pem)
+        info = self._peers.get(pem)
+        if info is None:
+            info = self._parse(pem)
+            self._peers.put(pem, info)
+        return info
+
+    @staticmethod
+    def _parse(pem: bytes) -> PeerInfo:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            sid = spiffe_id_of(cert)
+        except (ValueError, MeshError) as err:
+            raise CertificateUntrusted(
+                f"the peer's certificate is not an X.509-SVID with one SPIFFE ID: {err}"
+            ) from err
+        return PeerInfo(cert, sid, thumbprint(cert), pem, cert.not_valid_after_utc.timestamp())
+
+    def _remembered(self, method: str, metadata: Metadata, auth_context: Mapping[str, Any],
+                    calls: dict[tuple[str, bytes | None], _Verified], start: int
+                    ) -> VerifiedChain | None:
+        """The chain of a call whose exact token and peer certificate were verified and allowed
+        for ``method`` under the current bundle generation, before any expiry; else None.
+
+        The common case on a busy service, with as few objects touched as possible. Anything
+        unusual (no or duplicate authorization, another scheme spelling, no certificate, a
+        miss, a denial) returns None and takes the full path, which says why.
+        """
+        value: object = None
+        for key, item in metadata:
+            if key == "authorization":
+                if value is not None:
+                    return None
+                value = item
+        if type(value) is not str or not value.startswith("Bearer "):
+            return None
+        if self._edge:
+            pem = None
+        else:
+            pems = auth_context.get("x509_pem_cert")
+            if not pems:
+                return None
+            pem = pems[0]
+        hit = calls.get((value[7:], pem))
+        if (hit is None or hit.generation != self._bundle.generation
+                or not self._clock() < hit.valid_until):
+            return None
+        decision = hit.decisions.get(method)
+        if decision is None or not decision.allowed:
+            return None
+        chain = hit.chain
+        if self._audit.enabled:
+            self._audit.record(method=method, peer=chain.peer, user=chain.user,
+                               chain=chain.chain, allowed=True, reason=decision.reason,
+                               rule=decision.rule,
+                               verify_us=(time.perf_counter_ns() - start) // 1000)
+        return chain
+
+    def check(self, method: str, metadata: Metadata,
+              auth_context: Mapping[str, Any]) -> VerifiedChain | None:
+        """Verify one call; return its chain (None for tokenless methods) or raise Rejected."""
+        start = time.perf_counter_ns()
+        calls = self._calls
+        if calls is not None and method not in self._tokenless:
+            chain = self._remembered(method, metadata, auth_context, calls, start)
+            if chain is not None:
+                return chain
+        peer: PeerInfo | None = None
+        try:
+            if not self._edge:
+                peer = self.peer(auth_context)
+            if method in self._tokenless:
+                # Transport checks of the port kind only: the mutual-TLS peer (chain, CRL,
+                # validity) here, nothing on an edge port. No token, no policy; said so in
+                # the audit line.
+                if peer is not None:
+                    self._verifier.check_peer(peer.certificate)
+                self._audit.record(method=method, peer=peer.spiffe_id if peer else None,
+                                   user=None, chain=(), allowed=True, reason=TOKENLESS,
+                                   rule=TOKENLESS_RULE,
+                                   verify_us=(time.perf_counter_ns() - start) // 1000)
+                return None
+            token = bearer_token(metadata)
+            verified = self._verify(token, peer)
+        except CallRefused as err:
+            self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=None,
+                               chain=(), allowed=False, reason=err.reason, rule=None,
+                               verify_us=(time.perf_counter_ns() - start) // 1000)
+            extra = {"hop": str(err.hop)} if err.hop is not None else None
+            raise self._reject(method, err.status, str(err), err.reason,
+                               extra) from None
+        except Exception:
+            # Fail closed, and keep the internals (and anything secret) out of the reply.
+            _log.exception("verifying a call to %s failed unexpectedly", method)
+            self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=None,
+                               chain=(), allowed=False, reason=VERIFIER_FAILED, rule=None,
+                               verify_us=(time.perf_counter_ns() - start) // 1000)
+            raise self._reject(method, grpc.StatusCode.INTERNAL,
+                               "the call could not be verified because of an internal error "
+                               "at the called service; it was refused", VERIFIER_FAILED) from None
+        chain = verified.chain
+        decision = self._decide(method, verified)
+        self._audit.record(method=method, peer=chain.peer, user=chain.user, chain=chain.chain,
+                           allowed=decision.allowed, reason=decision.reason, rule=decision.rule,
+                           verify_us=(time.perf_counter_ns() - start) // 1000)
+        if not decision.allowed:
+            raise self._reject(method, grpc.StatusCode.PERMISSION_DENIED, decision.message,
+                               decision.reason, {"rule": decision.rule})
+        return chain
