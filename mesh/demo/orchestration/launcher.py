@@ -4,7 +4,8 @@ Builds a fresh mesh in ``--state`` (default ``./demo-state``): a CA through ``me
 ``ca-issue``, one SVID per service, the six services as processes on 127.0.0.1, each
 health-checked over mutual TLS; then tells the story (:mod:`mesh.demo.orchestration.story`),
 prints a summary table and stops every process it started, also on Ctrl-C, SIGTERM or a failed
-step. Exit code: 0 when every step went as expected, 1 when one did not, 2 for bad arguments, 130 on Ctrl-C.
+step. Exit code: 0 when every step went as expected, 1 when one did not, 2 for bad arguments,
+130 on Ctrl-C.
 ``--keep-running`` leaves the mesh up after the story and prints how to call it.
 """
 

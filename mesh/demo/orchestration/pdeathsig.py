@@ -2,7 +2,8 @@
 
 ``python -m mesh.demo.orchestration.pdeathsig PARENT_PID COMMAND...`` asks for SIGTERM on the
 parent's death (``PR_SET_PDEATHSIG``, Linux; kept across ``execve``), checks the parent is
-still the one that started it (it may have died before the request), then replaces itself with the command.
+still the one that started it (it may have died before the request), then replaces itself with
+the command.
 
 This runs as its own process rather than as ``preexec_fn``: the launcher has gRPC threads, and a
 ``fork()`` in a threaded process that then runs Python code in the child (or gRPC's at-fork
