@@ -1,0 +1,1 @@
+"""Generated gRPC code of the meshid CA service (protos/mesh/ca/v1)."""
