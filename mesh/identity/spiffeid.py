@@ -3,7 +3,12 @@
 Rules follow the SPIFFE ID specification (SPIFFE-ID.md): scheme ``spiffe``, a trust domain of
 ``[a-z0-9._-]``, path segments of ``[A-Za-z0-9._-]`` with no empty, ``.`` or ``..`` segment, and
 no query, fragment, port or user info. A meshid service ``NAME`` (``[a-z0-9-]``, 1..63) maps to
-``spiffe://<td>/svc/<NAME>`` and the DNS name ``<NAME>.svc.<td>`` (DESIGN section 1).
+``spiffe://<td>/svc/<NAME>`` and the DNS name ``<NAME>.svc.<td>`` (spec 1).
+
+Everywhere meshid takes an identity (a verifier's own ID, a callee, a policy's peers, a token
+audience, a trusted issuer) it accepts the same three forms through :func:`spiffe_id`: a
+:class:`SpiffeId`, the text ``spiffe://td/path``, or a service ``NAME`` of the trust domain in
+context. Anything else is refused when the object is built, never later at a call.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ _MAX_TD_BYTES = 255
 _TD_RE = re.compile(r"[a-z0-9._-]+")
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SERVICE_RE = re.compile(r"[a-z0-9-]{1,63}")
+# The whole of a valid ID in one match: the fast path of SpiffeId.parse (tokens carry several
+# IDs, parsed on every new token); anything it does not match takes the rule-by-rule path,
+# which names the broken rule.
+_ID_RE = re.compile(r"spiffe://([a-z0-9._-]{1,255})((?:/[A-Za-z0-9._-]+)*)")
 
 
 def validate_service_name(name: str) -> str:
@@ -101,6 +110,11 @@ class SpiffeId:
         if not value.startswith(SCHEME):
             raise InvalidSpiffeIdError("SPIFFE ID must start with 'spiffe://'")
         rest = value[len(SCHEME):]
+        match = _ID_RE.fullmatch(value)
+        if match is not None and len(value) <= _MAX_ID_BYTES and not _DOT_SEGMENT.search(
+            match.group(2)
+        ):
+            return _trusted(match.group(1), match.group(2))
         if any(c in rest for c in "?#"):
             raise InvalidSpiffeIdError("SPIFFE ID must not have a query or fragment")
         td, sep, path = rest.partition("/")
@@ -126,3 +140,41 @@ class SpiffeId:
 
     def __str__(self) -> str:
         return f"{SCHEME}{self.trust_domain.name}{self.path}"
+
+
+_DOT_SEGMENT = re.compile(r"/\.\.?(?=/|$)")
+
+
+def _trusted(td: str, path: str) -> SpiffeId:
+    """A SpiffeId from parts the full-ID pattern already validated (skips re-validation)."""
+    domain = object.__new__(TrustDomain)
+    object.__setattr__(domain, "name", td)
+    sid = object.__new__(SpiffeId)
+    object.__setattr__(sid, "trust_domain", domain)
+    object.__setattr__(sid, "path", path)
+    return sid
+
+
+def spiffe_id(value: SpiffeId | str, trust_domain: TrustDomain | str | None = None) -> SpiffeId:
+    """The one rule for naming an identity: a :class:`SpiffeId`, ``spiffe://td/path``, or a
+    service ``NAME`` of ``trust_domain`` (``spiffe://<td>/svc/<NAME>``).
+
+    Raises :class:`InvalidSpiffeIdError` for anything else, including a bare name when no trust
+    domain is known.
+    """
+    if isinstance(value, SpiffeId):
+        return value
+    if not isinstance(value, str):
+        raise InvalidSpiffeIdError(
+            f"an identity must be a SpiffeId, 'spiffe://...' text or a service name, not "
+            f"{type(value).__name__}"
+        )
+    if value.startswith(SCHEME):
+        return SpiffeId.parse(value)
+    if trust_domain is None:
+        raise InvalidSpiffeIdError(
+            f"{value!r} is not a SPIFFE ID, and no trust domain is known to make it one: write "
+            "spiffe://<trust domain>/svc/<name>"
+        )
+    td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain(trust_domain)
+    return td.service(value)

@@ -7,7 +7,6 @@ checked by :mod:`mesh.tokens.verify` on every call.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
@@ -45,10 +44,6 @@ class Claims(NamedTuple):
     raw: Mapping[str, Any]
 
 
-# SpiffeId values are immutable and parsing is a pure function: memoise the few issuers a mesh has.
-_parse_id = functools.lru_cache(maxsize=1024)(SpiffeId.parse)
-
-
 def _require(claims: Mapping[str, Any], name: str, kind: str) -> Any:
     if name not in claims:
         raise ClaimMissing(f"the {KIND_NAMES[kind]} has no '{name}' claim (DESIGN 3)")
@@ -75,14 +70,18 @@ def _str(claims: Mapping[str, Any], name: str, kind: str) -> str:
     return value
 
 
-def parse_claims(typ: str, claims: Mapping[str, Any]) -> Claims:
-    """Check presence and type of every claim the kind ``typ`` requires (DESIGN 3).
+def parse_claims(
+    typ: str, claims: Mapping[str, Any], known: Mapping[str, SpiffeId] | None = None
+) -> Claims:
+    """Check presence and type of every claim the kind ``typ`` requires (spec 3).
 
-    ``typ`` must already be one of :data:`KINDS`.
+    ``typ`` must already be one of :data:`KINDS`. ``known`` maps SPIFFE IDs already parsed
+    (the peer, the trusted issuers) from their text, so the common issuers are not parsed again.
     """
     iss_text = _str(claims, "iss", typ)
     try:
-        iss = _parse_id(iss_text)
+        iss = known.get(iss_text) if known is not None else None
+        iss = iss if iss is not None else SpiffeId.parse(iss_text)
     except InvalidSpiffeIdError as err:
         raise ClaimInvalid(
             f"the {KIND_NAMES[typ]}'s 'iss' claim is not a SPIFFE ID ({err})"

@@ -33,6 +33,7 @@ from jose import jwk, jws
 from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
+from mesh.identity.certs import b64url
 from mesh.tokens.errors import (
     AlgorithmNotAllowed,
     HeaderInvalid,
@@ -250,22 +251,24 @@ def split(token: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-_HEADER_CACHE_MAX = 1024
-# Encoded header -> (typ, kid) for headers that passed every check. Checking a header is a pure
-# function of its bytes, and a mesh has few distinct headers (one per signer and kind).
-_headers: dict[str, tuple[str, str]] = {}
+def encoded_header(typ: str, kid: str) -> str:
+    """The base64url header a meshid signer emits for ``typ`` and ``kid`` (python-jose's
+    encoding: sorted members, no spaces). A test keeps it equal to what :class:`SignKey` signs."""
+    header = json.dumps({"alg": ALGORITHM, "kid": kid, "typ": typ}, separators=(",", ":"),
+                        sort_keys=True)
+    return b64url(header.encode("ascii"))
 
 
-def parse(token: str) -> ParsedJws:
-    """Split, decode and check the header of one compact JWS, without verifying it."""
+def parse(token: str, expected: Mapping[str, tuple[str, str]] | None = None) -> ParsedJws:
+    """Split, decode and check the header of one compact JWS, without verifying it.
+
+    ``expected`` maps encoded headers known to be valid (see :func:`encoded_header`) to their
+    ``(typ, kid)``; a header equal to one of them is not parsed again. Any other header is
+    decoded and checked in full.
+    """
     h64, p64, s64 = split(token)
-    known = _headers.get(h64)
-    if known is None:
-        known = _check_header(h64)
-        if len(_headers) >= _HEADER_CACHE_MAX:
-            _headers.clear()
-        _headers[h64] = known
-    typ, kid = known
+    known = expected.get(h64) if expected is not None else None
+    typ, kid = known if known is not None else _check_header(h64)
     claims = json_object(b64url_decode(p64, "payload"), "payload")
     signature = b64url_decode(s64, "signature")
     return ParsedJws(

@@ -23,15 +23,16 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from mesh.identity.bundle import BundleKey, BundleSource
 from mesh.identity.certs import is_es256_key, not_es256_reason, thumbprint
-from mesh.identity.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId, spiffe_id
 from mesh.tokens import jose
 from mesh.tokens.cache import ChainVerdict, VerifiedToken, VerifiedTokenCache, token_digest
 from mesh.tokens.claims import (
@@ -66,7 +67,7 @@ from mesh.tokens.errors import (
 )
 from mesh.tokens.result import Hop, VerifiedChain
 
-__all__ = ["ChainVerifier", "Hop", "MaxLifetime", "VerifiedChain", "VerifyLimits"]
+__all__ = ["ChainVerifier", "Hop", "MaxLifetime", "Peer", "VerifiedChain", "VerifyLimits"]
 
 DEFAULT_MAX_SIZE = 8 * 1024
 DEFAULT_MAX_DEPTH = 4
@@ -119,14 +120,25 @@ class _Default(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class _Peer:
+class Peer:
+    """A mutual-TLS peer's certificate, parsed once and checked (rule 4.1) at ``generation``.
+
+    ``headers`` maps the exact encoded JOSE headers a meshid signer using this certificate
+    emits (app and app-asserted tokens) to their ``(typ, kid)``: an outermost token whose
+    header is byte-for-byte one of them needs no header parsing (anything else is parsed and
+    checked in full).
+    """
+
+    certificate: x509.Certificate = field(repr=False)
+    pem: bytes = field(repr=False)
     spiffe_id: SpiffeId
     spiffe_text: str
     thumbprint: str
-    key: jose.VerifyKey
+    key: jose.VerifyKey = field(repr=False)
     not_before: int
     not_after: int
     generation: int
+    headers: Mapping[str, tuple[str, str]] = field(repr=False)
 
 
 class _Key(NamedTuple):
@@ -150,7 +162,8 @@ class _Layer:
     vouched: bool = False
 
 
-_PEER_CACHE_MAX = 1024
+#: bound of the peer table (distinct peer certificates); cleared when full
+PEER_TABLE_MAX = 1024
 
 
 class ChainVerifier:
@@ -158,36 +171,40 @@ class ChainVerifier:
 
     def __init__(
         self,
-        own_id: SpiffeId,
+        own_id: SpiffeId | str,
         bundle: BundleSource,
         *,
         limits: VerifyLimits = VerifyLimits(),
         cache: VerifiedTokenCache | _Default | None = _Default.CACHE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.own_id = own_id
-        self._own = str(own_id)
+        self.own_id = spiffe_id(own_id, bundle.trust_domain)
+        self._own = str(self.own_id)
         self.bundle = bundle
         self.limits = limits
         self._clock = clock
         self.cache: VerifiedTokenCache | None = (
             VerifiedTokenCache(clock=clock) if cache is _Default.CACHE else cache
         )
-        issuers = limits.trusted_user_issuers
-        if issuers is None:
-            issuers = (bundle.trust_domain.service(AUTH_SERVICE),)
+        named = limits.trusted_user_issuers
+        issuers = (
+            (bundle.trust_domain.service(AUTH_SERVICE),)
+            if named is None
+            else tuple(spiffe_id(i, bundle.trust_domain) for i in named)
+        )
         self.trusted_user_issuers: frozenset[SpiffeId] = frozenset(issuers)
+        self._trusted_ids = {str(i): i for i in issuers}
         # Compared as text on the request path: hashing a SpiffeId dataclass costs ~3 us.
         self._trusted_texts = frozenset(str(i) for i in issuers)
         lifetimes = limits.max_lifetime
         self._max_life = {
             USER: lifetimes.user, APP: lifetimes.app, APP_ASSERTED: lifetimes.app_asserted
         }
-        self._peers: dict[x509.Certificate, _Peer] = {}
+        # The peer table: peer certificate PEM -> Peer, re-checked when the bundle generation
+        # moves (see docs/tokens.md, "Caches"). Parsing a certificate and building its chain
+        # cost far more than a call; a mesh has few peers.
+        self._peers: dict[bytes, Peer] = {}
         self._peers_lock = threading.Lock()
-        # The last peer by object identity: the gRPC layer keeps one certificate object per
-        # connection, and hashing a certificate (its DER) for the dict costs ~1.3 us a call.
-        self._last_peer: tuple[x509.Certificate, _Peer] | None = None
         # kid -> the bundle key found and not revoked in a generation, with its python-jose
         # verify key built once: keys and revocations only change with the generation, so this
         # table is exact (see docs/tokens.md, "Caches").
@@ -195,77 +212,109 @@ class ChainVerifier:
 
     # --- rule 1 --------------------------------------------------------------------------------
 
+    def peer(
+        self, peer: x509.Certificate | bytes, intermediates: Sequence[x509.Certificate] = ()
+    ) -> Peer:
+        """Rule 4.1 alone: the peer's certificate (PEM bytes, as gRPC's auth context gives it,
+        or a parsed certificate) chains to the bundle's anchors, is valid now, not revoked, and
+        carries one SPIFFE ID of the trust domain and a P-256 key. Raises CertificateError."""
+        return self._peer(peer, intermediates, int(self._clock()), self.bundle.generation)
+
     def check_peer(
-        self, peer_cert: x509.Certificate, intermediates: Sequence[x509.Certificate] = ()
+        self, peer_cert: x509.Certificate | bytes, intermediates: Sequence[x509.Certificate] = ()
     ) -> SpiffeId:
-        """Rule 4.1 alone: the peer's certificate chains to the bundle, is valid and not revoked."""
-        now = int(self._clock())
-        return self._peer(peer_cert, intermediates, now, self.bundle.generation).spiffe_id
+        """Like :meth:`peer`, returning only the peer's SPIFFE ID."""
+        return self.peer(peer_cert, intermediates).spiffe_id
 
     def _peer(
         self,
-        cert: x509.Certificate,
+        cert: x509.Certificate | bytes,
         intermediates: Sequence[x509.Certificate],
         now: int,
         generation: int,
-    ) -> _Peer:
-        last = self._last_peer
-        if last is not None and last[0] is cert and last[1].generation == generation:
-            peer: _Peer | None = last[1]
-        else:
-            peer = self._peers.get(cert)
+    ) -> Peer:
+        pem = cert if isinstance(cert, bytes) else cert.public_bytes(serialization.Encoding.PEM)
+        peer = self._peers.get(pem)
         if peer is None or peer.generation != generation:
             # Chain building is costly; a peer's certificate is re-checked only when the bundle
             # or CRL changes (new generation), its validity window on every call.
-            spiffe_id = self.bundle.verify_chain([cert, *intermediates])
-            public_key = cert.public_key()
-            if not is_es256_key(public_key):
-                raise CertificateUntrusted(
-                    f"the peer {spiffe_id}'s certificate has {not_es256_reason(public_key)}"
-                )
-            peer = _Peer(
-                spiffe_id=spiffe_id,
-                spiffe_text=str(spiffe_id),
-                thumbprint=thumbprint(cert),
-                key=jose.VerifyKey(public_key),
-                not_before=int(cert.not_valid_before_utc.timestamp()),
-                not_after=int(cert.not_valid_after_utc.timestamp()),
-                generation=generation,
-            )
+            peer = self._check_new_peer(pem, cert, intermediates, generation)
             with self._peers_lock:
-                if len(self._peers) >= _PEER_CACHE_MAX:
+                if len(self._peers) >= PEER_TABLE_MAX:
                     self._peers.clear()
-                self._peers[cert] = peer
-        if last is None or last[1] is not peer:
-            self._last_peer = (cert, peer)
+                self._peers[pem] = peer
         if not peer.not_before <= now < peer.not_after:
             raise CertificateUntrusted(
-                f"the peer {peer.spiffe_id}'s certificate is not valid now (DESIGN 4.1)"
+                f"the peer {peer.spiffe_id}'s certificate is not valid now (spec 4.1)"
             )
         return peer
+
+    def _check_new_peer(
+        self,
+        pem: bytes,
+        cert: x509.Certificate | bytes,
+        intermediates: Sequence[x509.Certificate],
+        generation: int,
+    ) -> Peer:
+        if isinstance(cert, bytes):
+            try:
+                cert = x509.load_pem_x509_certificate(cert)
+            except ValueError as err:
+                raise CertificateUntrusted(
+                    "the peer's certificate is not readable X.509 (spec 4.1)"
+                ) from err
+        sid = self.bundle.verify_chain([cert, *intermediates])
+        public_key = cert.public_key()
+        if not is_es256_key(public_key):
+            raise CertificateUntrusted(
+                f"the peer {sid}'s certificate has {not_es256_reason(public_key)}"
+            )
+        tp = thumbprint(cert)
+        return Peer(
+            certificate=cert,
+            pem=pem,
+            spiffe_id=sid,
+            spiffe_text=str(sid),
+            thumbprint=tp,
+            key=jose.VerifyKey(public_key),
+            not_before=int(cert.not_valid_before_utc.timestamp()),
+            not_after=int(cert.not_valid_after_utc.timestamp()),
+            generation=generation,
+            headers={jose.encoded_header(typ, tp): (typ, tp) for typ in (APP, APP_ASSERTED)},
+        )
 
     # --- rules 2 to 5 --------------------------------------------------------------------------
 
     def verify(
         self,
         token: str,
-        peer_cert: x509.Certificate | None,
+        peer_cert: x509.Certificate | bytes | Peer | None,
         *,
         peer_intermediates: Sequence[x509.Certificate] = (),
     ) -> VerifiedChain:
         """Verify ``token`` as received from ``peer_cert`` (None: at an edge port).
 
+        ``peer_cert``: the mutual-TLS peer's certificate, parsed or as PEM bytes, or a
+        :class:`Peer` this verifier returned from :meth:`peer` for this call.
         ``peer_intermediates``: the peer's intermediate certificates, if the bundle does not
-        already know them. Raises the :class:`TokenError` of the first rule that fails.
+        already know them. Raises the :class:`~mesh.errors.CallRefused` of the first rule that
+        fails.
         """
         now = int(self._clock())
         generation = self.bundle.generation
         # rule 1
-        peer = (
-            self._peer(peer_cert, peer_intermediates, now, generation)
-            if peer_cert is not None
-            else None
-        )
+        peer: Peer | None
+        if peer_cert is None:
+            peer = None
+        elif isinstance(peer_cert, Peer) and peer_cert.generation == generation:
+            peer = peer_cert
+            if not peer.not_before <= now < peer.not_after:
+                raise CertificateUntrusted(
+                    f"the peer {peer.spiffe_id}'s certificate is not valid now (spec 4.1)"
+                )
+        else:
+            cert = peer_cert.pem if isinstance(peer_cert, Peer) else peer_cert
+            peer = self._peer(cert, peer_intermediates, now, generation)
         # rule 2 (size); depth is counted while decoding
         if not isinstance(token, str) or not token.isascii():
             raise TokenMalformed("a token must be ASCII text (a JWS compact serialisation)")
@@ -275,7 +324,7 @@ class ChainVerifier:
                 "(DESIGN 4.2); the chain is too long or the token is not meshid's"
             )
         # rules 2 (depth) and 3, no cryptography yet; stops at a layer whose verdict holds
-        layers = self._decode(token, edge=peer is None, now=now, generation=generation)
+        layers = self._decode(token, peer, now=now, generation=generation)
         # rule 4 (or the edge port's rule), then rule 5 hop by hop
         if peer is None:
             self._check_edge(layers[0], now, generation)
@@ -372,7 +421,9 @@ class ChainVerifier:
             v.user_claims,
         )
 
-    def _decode(self, token: str, *, edge: bool, now: int, generation: int) -> list[_Layer]:
+    def _decode(self, token: str, peer: Peer | None, *, now: int, generation: int
+                ) -> list[_Layer]:
+        edge = peer is None
         layers: list[_Layer] = []
         current = token
         digest = token_digest(token) if self.cache is not None else None
@@ -382,7 +433,7 @@ class ChainVerifier:
             if linked is not None:
                 layer = _Layer(hop, digest, linked, linked.kid, linked.claims, None)
             else:
-                layer = self._decode_one(current, digest, hop)
+                layer = self._decode_one(current, digest, hop, peer if hop == 0 else None)
             linked = layer.entry.upstream_entry
             layers.append(layer)
             typ = layer.claims.typ
@@ -423,19 +474,27 @@ class ChainVerifier:
             digest = layer.entry.upstream_digest
             hop += 1
 
-    def _decode_one(self, token: str, digest: bytes | None, hop: int) -> _Layer:
+    def _decode_one(
+        self, token: str, digest: bytes | None, hop: int, peer: Peer | None
+    ) -> _Layer:
         if digest is not None and self.cache is not None:
             cached = self.cache.get(digest)
             if cached is not None:
                 return _Layer(hop, digest, cached, cached.kid, cached.claims, None)
         try:
-            parsed = jose.parse(token)
+            # The peer's own header encodings and the identities already parsed (the peer, the
+            # trusted issuers) spare the outermost token most of its parsing: exact matches
+            # of known-good values, not a cache.
+            parsed = jose.parse(token, peer.headers if peer is not None else None)
             if parsed.typ not in KINDS:
                 raise TypeMismatch(
                     f"the token type {parsed.typ[:40]!r} is not one of meshid's "
                     f"({', '.join(sorted(KINDS))}) (DESIGN 3)"
                 )
-            claims = parse_claims(parsed.typ, parsed.claims)
+            known = self._trusted_ids
+            if peer is not None:
+                known = {**known, peer.spiffe_text: peer.spiffe_id}
+            claims = parse_claims(parsed.typ, parsed.claims, known)
         except TokenError as err:
             raise err.at_hop(hop) from err.__cause__
         upstream = claims.upstream
@@ -454,7 +513,7 @@ class ChainVerifier:
         return _Layer(hop, digest, entry, parsed.kid, claims, parsed)
 
     # rule 4: the outermost token is the peer's own
-    def _check_outermost(self, layer: _Layer, peer: _Peer, now: int) -> None:
+    def _check_outermost(self, layer: _Layer, peer: Peer, now: int) -> None:
         c = layer.claims
         if layer.kid != peer.thumbprint:
             raise PeerMismatch(
@@ -647,7 +706,7 @@ class ChainVerifier:
             hop=hop,
         )
 
-    def _result(self, token: str, layers: list[_Layer], peer: _Peer | None) -> VerifiedChain:
+    def _result(self, token: str, layers: list[_Layer], peer: Peer | None) -> VerifiedChain:
         outer = layers[0].claims
         hops = tuple(layer.entry.hop for layer in layers)
         expires_at = min(hop.exp for hop in hops)

@@ -1,9 +1,11 @@
-"""Server interceptor for ``grpc.aio``.
+"""Handler wrappers for the ``grpc.aio`` server: the same order as the sync flavour.
 
-Same checks as the sync flavour (:class:`~mesh.transport.guard.CallGuard`), run in an async
-wrapper around the handler. A plain ``def`` handler on an aio server would lose the context
-variable (grpc/grpc#37881), so the wrapper runs it through ``asyncio.to_thread``, which copies
-the context; streaming-request handlers on aio servers should be ``async def``.
+Check (:class:`CallGuard`), then parse the raw request bytes with the handler's deserializer
+(spec 5: authentication before parsing), then run the handler with the current call set; a
+:class:`mesh.errors.CallRefused` raised by the handler ends the call with its status. A plain
+``def`` handler on an aio server would lose the context variable (grpc/grpc#37881), so the
+wrapper runs it through ``asyncio.to_thread``, which copies the context; streaming-request
+handlers on aio servers should be ``async def``.
 """
 
 from __future__ import annotations
@@ -16,19 +18,20 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 import grpc.aio
 
+from mesh.errors import CallRefused
 from mesh.tokens.verify import VerifiedChain
 from mesh.transport.context import enter_call, leave_call
 from mesh.transport.guard import NO_PEER as _NO_PEER
 from mesh.transport.guard import CallGuard, Rejected
+from mesh.transport.requests import Parser
 
 _DONE = object()
-_MAX_WRAPPED = 4096
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-async def _check(guard: CallGuard, method: str, context: grpc.aio.ServicerContext[Any, Any]
-                 ) -> VerifiedChain | None:
+async def _check(guard: CallGuard, method: str, context: Context) -> VerifiedChain | None:
     try:
         return guard.check(method, context.invocation_metadata() or (),
                            _NO_PEER if guard.edge else context.auth_context())
@@ -36,7 +39,7 @@ async def _check(guard: CallGuard, method: str, context: grpc.aio.ServicerContex
         await _abort(context, rejected.status)
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
+async def _abort(context: Context, status: grpc.Status) -> NoReturn:
     await context.abort_with_status(status)
     raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises
 
@@ -71,69 +74,73 @@ async def _stream_result(behaviour: Callable[..., Any], request: Any, context: A
 
 
 def wrap_handler(handler: Handler, method: str, guard: CallGuard) -> Handler:
-    """An async handler that checks the call, then runs ``handler``'s behaviour in context."""
-    req, resp = handler.request_deserializer, handler.response_serializer
+    """An async handler that checks the call, parses the request, then runs ``handler``'s
+    behaviour with the current call set."""
+    parse = Parser(handler.request_deserializer, method)
+    resp = handler.response_serializer
+    streaming_in = handler.stream_unary is not None or handler.stream_stream is not None
+
+    async def request(raw: Any, context: Context) -> Any:
+        if not streaming_in:
+            try:
+                return parse(raw)
+            except CallRefused as err:
+                await _abort(context, guard.refusal(method, err))
+        return _parsed_stream(raw, context)
+
+    async def _parsed_stream(raws: Any, context: Context) -> AsyncIterator[Any]:
+        async for raw in raws:
+            try:
+                item = parse(raw)
+            except CallRefused as err:
+                await _abort(context, guard.refusal(method, err))
+            yield item
+
     if handler.unary_unary is not None or handler.stream_unary is not None:
         single = handler.unary_unary or handler.stream_unary
         assert single is not None
 
-        async def unary_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                                 ) -> Any:
+        async def unary_response(raw: Any, context: Context) -> Any:
             token = enter_call(await _check(guard, method, context))
             try:
-                return await _unary_result(single, request, context)
+                return await _unary_result(single, await request(raw, context), context)
+            except CallRefused as err:
+                await _abort(context, guard.refusal(method, err))
             finally:
                 leave_call(token)
 
         factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary is not None
                    else grpc.stream_unary_rpc_method_handler)
-        return factory(unary_response, req, resp)
+        return factory(unary_response, None, resp)
     stream = handler.unary_stream or handler.stream_stream
     if stream is None:
         raise TypeError(f"the handler of {method} has no behaviour")
 
-    async def stream_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                              ) -> AsyncIterator[Any]:
+    async def stream_response(raw: Any, context: Context) -> AsyncIterator[Any]:
         token = enter_call(await _check(guard, method, context))
         try:
-            async for item in _stream_result(stream, request, context):
+            async for item in _stream_result(stream, await request(raw, context), context):
                 yield item
+        except CallRefused as err:
+            await _abort(context, guard.refusal(method, err))
         finally:
             leave_call(token)
 
     factory_s = (grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None
                  else grpc.stream_stream_rpc_method_handler)
-    return factory_s(stream_response, req, resp)
-
-
-class _WrapCache:
-    """(method, handler) -> wrapped handler, built once per handler object."""
-
-    def __init__(self, guard: CallGuard) -> None:
-        self._guard = guard
-        self._wrapped: dict[tuple[str, int], tuple[Any, Handler]] = {}
-
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        key = (method, id(handler))
-        hit = self._wrapped.get(key)
-        if hit is not None and hit[0] is handler:
-            return hit[1]
-        wrapped = wrap_handler(handler, method, self._guard)
-        if len(self._wrapped) >= _MAX_WRAPPED:
-            self._wrapped.clear()
-        self._wrapped[key] = (handler, wrapped)  # the handler is kept so its id stays unique
-        return wrapped
+    return factory_s(stream_response, None, resp)
 
 
 class AioGuardedGenericHandler(grpc.GenericRpcHandler):
-    """Wraps a generic handler so that every method it serves is checked (aio flavour)."""
+    """Wraps a generic handler so that every method it serves is checked (aio flavour); see
+    :class:`mesh.transport.handlers.GuardedGenericHandler`."""
 
     def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard) -> None:
         self._inner = inner
-        self._cache = _WrapCache(guard)
+        self._guard = guard
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        return self._cache.wrap(handler_call_details.method, handler)
+        return wrap_handler(handler, handler_call_details.method, self._guard)

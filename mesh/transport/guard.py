@@ -18,19 +18,15 @@ from types import MappingProxyType
 from typing import Any
 
 import grpc
-from cryptography import x509
 
-from mesh.errors import CallRefused, MeshError
-from mesh.identity.bundle import BundleSource
-from mesh.identity.certs import spiffe_id_of, thumbprint
-from mesh.identity.spiffeid import SpiffeId
+from mesh.errors import CallRefused
 from mesh.policy import Decision, Policy
 from mesh.tokens.errors import (
     CertificateUntrusted,
     TokenMalformed,
     TokenMissing,
 )
-from mesh.tokens.verify import ChainVerifier, VerifiedChain
+from mesh.tokens.verify import ChainVerifier, Peer, VerifiedChain
 from mesh.transport.audit import AuditLog
 from mesh.transport.status import rejection
 
@@ -41,6 +37,8 @@ TOKENLESS_RULE = "tokenless_methods"
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 Metadata = Iterable[tuple[str, str | bytes]]
+#: bound of the per-call cache (distinct token and peer pairs); cleared when full
+CALL_CACHE_MAX = 4096
 NO_PEER: Mapping[str, Any] = MappingProxyType({})  # what an edge port's wrapper passes
 
 
@@ -51,17 +49,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """What one peer certificate says, parsed once per distinct certificate."""
-
-    certificate: x509.Certificate
-    spiffe_id: SpiffeId
-    thumbprint: str
-    pem: bytes
-    not_after: float
 
 
 @dataclass(slots=True)
@@ -78,25 +65,6 @@ class _Verified:
     generation: int
     valid_until: float
     decisions: dict[str, Decision] = field(default_factory=dict)
-
-
-class _PeerCache:
-    """Parsed peer certificates keyed by their PEM bytes; cleared when full (no LRU: a mesh has
-    few peers, and a lookup must stay lock-free on the hot path)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._items: dict[bytes, PeerInfo] = {}
-
-    def get(self, key: bytes) -> PeerInfo | None:
-        return self._items.get(key)
-
-    def put(self, key: bytes, info: PeerInfo) -> None:
-        with self._lock:
-            if len(self._items) >= self._size:
-                self._items.clear()
-            self._items[key] = info
 
 
 def bearer_token(metadata: Metadata) -> str:
@@ -119,20 +87,18 @@ def bearer_token(metadata: Metadata) -> str:
 class CallGuard:
     """Checks peer, token chain and policy for one service; thread-safe."""
 
-    def __init__(self, *, own_id: SpiffeId, verifier: ChainVerifier, bundle: BundleSource,
-                 policy: Policy, audit: AuditLog, edge: bool = False,
-                 tokenless_methods: Iterable[str] = HEALTH_METHODS,
-                 peer_cache_size: int = 1024, call_cache_size: int = 4096,
+    def __init__(self, *, verifier: ChainVerifier, policy: Policy, audit: AuditLog,
+                 edge: bool = False, tokenless_methods: Iterable[str] = HEALTH_METHODS,
+                 call_cache_size: int = CALL_CACHE_MAX,
                  clock: Callable[[], float] = time.time) -> None:
-        self.own_id = own_id
+        self.own_id = verifier.own_id
         self._clock = clock  # a test's fake clock must be the verifier's too
         self._verifier = verifier
-        self._bundle = bundle
+        self._bundle = verifier.bundle
         self._policy = policy
         self._audit = audit
         self._edge = edge
         self._tokenless = frozenset(tokenless_methods)
-        self._peers = _PeerCache(peer_cache_size) if peer_cache_size > 0 else None
         # (token, peer PEM) -> (chain, bundle generation). A hit skips the verifier only while
         # nothing it depended on can have changed: same bytes from the same certificate, the
         # same bundle/CRL generation, and before the chain's earliest exp or signing
@@ -153,17 +119,23 @@ class CallGuard:
         return Rejected(rejection(code, message, reason, service=str(self.own_id),
                                   method=method, extra=extra), reason)
 
-    def _verify(self, token: str, peer: PeerInfo | None) -> _Verified:
+    def refusal(self, method: str, err: CallRefused) -> grpc.Status:
+        """The status for a refusal raised while the handler ran (its own rule and reason)."""
+        extra = {"hop": str(err.hop)} if err.hop is not None else None
+        return rejection(err.status, str(err), err.reason, service=str(self.own_id),
+                         method=method, extra=extra)
+
+    def _verify(self, token: str, peer: Peer | None) -> _Verified:
         cache = self._calls
         if cache is None:
-            chain = self._verifier.verify(token, peer.certificate if peer else None)
+            chain = self._verifier.verify(token, peer)
             return _Verified(chain, 0, 0.0)
         key = (token, peer.pem if peer else None)
         generation = self._bundle.generation
         hit = cache.get(key)
         if hit is not None and hit.generation == generation and self._clock() < hit.valid_until:
             return hit
-        chain = self._verifier.verify(token, peer.certificate if peer else None)
+        chain = self._verifier.verify(token, peer)
         entry = _Verified(chain, generation, min(float(chain.expires_at), self._signers_until(
             chain, peer.not_after if peer else math.inf)))
         with self._calls_lock:
@@ -197,36 +169,15 @@ class CallGuard:
                 verified.decisions[method] = decision
         return decision
 
-    def peer(self, auth_context: Mapping[str, Any]) -> PeerInfo:
-        """The mutual-TLS peer's certificate, parsed once per distinct certificate.
-
-        Rule 1 proper (chain to the bundle's anchors, CRL, validity now) is checked by the
-        verifier for token calls and by :meth:`check_peer` for tokenless ones: gRPC's TLS
-        checks the chain against ``svid_bundle.pem`` but knows no CRL.
-        """
+    def peer(self, auth_context: Mapping[str, Any]) -> Peer:
+        """The mutual-TLS peer, checked (rule 4.1: chain to the bundle's anchors, validity now,
+        not revoked, one SPIFFE ID of the trust domain) through the verifier's peer table.
+        gRPC's TLS checked the chain against ``svid_bundle.pem`` already, but knows no CRL."""
         pems = auth_context.get("x509_pem_cert")
         if not pems:
             raise CertificateUntrusted("the call did not arrive over mutual TLS: the peer "
-                                       "presented no certificate (DESIGN 4.1)")
-        pem = pems[0]
-        if self._peers is None:
-            return self._parse(pem)
-        info = self._peers.get(pem)
-        if info is None:
-            info = self._parse(pem)
-            self._peers.put(pem, info)
-        return info
-
-    @staticmethod
-    def _parse(pem: bytes) -> PeerInfo:
-        try:
-            cert = x509.load_pem_x509_certificate(pem)
-            sid = spiffe_id_of(cert)
-        except (ValueError, MeshError) as err:
-            raise CertificateUntrusted(
-                f"the peer's certificate is not an X.509-SVID with one SPIFFE ID: {err}"
-            ) from err
-        return PeerInfo(cert, sid, thumbprint(cert), pem, cert.not_valid_after_utc.timestamp())
+                                       "presented no certificate (spec 4.1)")
+        return self._verifier.peer(pems[0])
 
     def _remembered(self, method: str, metadata: Metadata, auth_context: Mapping[str, Any],
                     calls: dict[tuple[str, bytes | None], _Verified], start: int
@@ -277,7 +228,7 @@ class CallGuard:
             chain = self._remembered(method, metadata, auth_context, calls, start)
             if chain is not None:
                 return chain
-        peer: PeerInfo | None = None
+        peer: Peer | None = None
         try:
             if not self._edge:
                 peer = self.peer(auth_context)
@@ -285,8 +236,6 @@ class CallGuard:
                 # Transport checks of the port kind only: the mutual-TLS peer (chain, CRL,
                 # validity) here, nothing on an edge port. No token, no policy; said so in
                 # the audit line.
-                if peer is not None:
-                    self._verifier.check_peer(peer.certificate)
                 self._audit.record(method=method, peer=peer.spiffe_id if peer else None,
                                    user=None, chain=(), allowed=True, reason=TOKENLESS,
                                    rule=TOKENLESS_RULE,

@@ -40,7 +40,7 @@ from mesh.transport.aio_handlers import wrap_handler as wrap_aio
 from mesh.transport.audit import AuditLog
 from mesh.transport.credentials import server_credentials
 from mesh.transport.errors import InsecureServerError, ServerConfigError
-from mesh.transport.guard import HEALTH_METHODS, CallGuard
+from mesh.transport.guard import CALL_CACHE_MAX, HEALTH_METHODS, CallGuard
 from mesh.transport.handlers import GuardedGenericHandler
 from mesh.transport.handlers import wrap_handler as wrap_sync
 
@@ -66,14 +66,18 @@ def _tokenless(methods: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def build_guard(source: SvidSource, policy: Policy, bundle: BundleSource, *,
-                verifier: ChainVerifier | None = None, edge: bool = False,
+Trust = ChainVerifier | BundleSource
+
+
+def build_guard(source: SvidSource, policy: Policy, trust: Trust, *, edge: bool = False,
                 audit: AuditLog | None = None, caches: bool = True,
                 tokenless_methods: Iterable[str] = ()) -> CallGuard:
     """The per-service checker both server flavours use.
 
-    Health methods are always tokenless; ``tokenless_methods`` adds exact method names that
-    take no token and no policy (see the module docstring).
+    ``trust`` is the :class:`ChainVerifier` to check tokens with, or the bundle source to build
+    the default one from (with its caches unless ``caches=False``). Health methods are always
+    tokenless; ``tokenless_methods`` adds exact method names that take no token and no policy
+    (see the module docstring).
     """
     own = source.current().spiffe_id
     if own.trust_domain != policy.trust_domain:
@@ -81,16 +85,20 @@ def build_guard(source: SvidSource, policy: Policy, bundle: BundleSource, *,
             f"the policy is written for trust domain {policy.trust_domain}, but this service "
             f"is {own}"
         )
-    if verifier is None:
-        verifier = ChainVerifier(own, bundle) if caches else ChainVerifier(own, bundle, cache=None)
-    elif verifier.own_id != own:
-        raise ServerConfigError(f"the verifier checks tokens for {verifier.own_id}, but this "
-                                f"service is {own}")
-    return CallGuard(own_id=own, verifier=verifier, bundle=bundle, policy=policy,
-                     audit=audit or AuditLog(own), edge=edge,
+    if isinstance(trust, ChainVerifier):
+        verifier = trust
+        if verifier.own_id != own:
+            raise ServerConfigError(f"the verifier checks tokens for {verifier.own_id}, but "
+                                    f"this service is {own}")
+    else:
+        verifier = ChainVerifier(own, trust) if caches else ChainVerifier(own, trust, cache=None)
+    if verifier.bundle.trust_domain != own.trust_domain:
+        raise ServerConfigError(
+            f"the trust bundle is for {verifier.bundle.trust_domain}, but this service is {own}"
+        )
+    return CallGuard(verifier=verifier, policy=policy, audit=audit or AuditLog(own), edge=edge,
                      tokenless_methods=_tokenless(tokenless_methods),
-                     peer_cache_size=1024 if caches else 0,
-                     call_cache_size=4096 if caches else 0)
+                     call_cache_size=CALL_CACHE_MAX if caches else 0)
 
 
 class _Ports:
@@ -129,19 +137,19 @@ class _GuardedServer:
 
     _server: grpc.Server | grpc.aio.Server
 
-    def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
-                 verifier: ChainVerifier | None, edge: bool, audit: AuditLog | None,
-                 caches: bool, tokenless_methods: Iterable[str],
+    def __init__(self, source: SvidSource, policy: Policy, trust: Trust, *,
+                 edge: bool, audit: AuditLog | None, caches: bool,
+                 tokenless_methods: Iterable[str],
                  wrap_generic: Callable[[grpc.GenericRpcHandler, CallGuard],
                                         grpc.GenericRpcHandler],
                  wrap_method: Callable[[MethodHandler, str, CallGuard], MethodHandler]) -> None:
+        bundle = trust.bundle if isinstance(trust, ChainVerifier) else trust
         if not bundle.checks_revocation:
             # Allowed (tests, an issuer that publishes no CRL) but never silent.
             _log.warning("this server's trust bundle has no CRL: revoked certificates are "
                          "accepted until they expire (DESIGN 4.1); give the bundle source a "
                          "crl_path to check revocation")
-        self.guard = build_guard(source, policy, bundle, verifier=verifier, edge=edge,
-                                 audit=audit, caches=caches,
+        self.guard = build_guard(source, policy, trust, edge=edge, audit=audit, caches=caches,
                                  tokenless_methods=tokenless_methods)
         self._ports = _Ports(source, edge)
         self._wrap_generic = wrap_generic
@@ -182,12 +190,12 @@ class MeshServer(_GuardedServer):
 
     _server: grpc.Server
 
-    def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
-                 verifier: ChainVerifier | None = None, edge: bool = False,
-                 max_workers: int = 16, options: Options = (), audit: AuditLog | None = None,
+    def __init__(self, source: SvidSource, policy: Policy, trust: Trust, *,
+                 edge: bool = False, max_workers: int = 16, options: Options = (),
+                 audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.ServerInterceptor] = (),
                  caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
-        super().__init__(source, policy, bundle, verifier=verifier, edge=edge, audit=audit,
+        super().__init__(source, policy, trust, edge=edge, audit=audit,
                          caches=caches, tokenless_methods=tokenless_methods,
                          wrap_generic=GuardedGenericHandler, wrap_method=wrap_sync)
         # Handlers are wrapped at registration, not by a server interceptor: the same checks
@@ -226,12 +234,11 @@ class AioMeshServer(_GuardedServer):
 
     _server: grpc.aio.Server
 
-    def __init__(self, source: SvidSource, policy: Policy, bundle: BundleSource, *,
-                 verifier: ChainVerifier | None = None, edge: bool = False,
-                 options: Options = (), audit: AuditLog | None = None,
+    def __init__(self, source: SvidSource, policy: Policy, trust: Trust, *,
+                 edge: bool = False, options: Options = (), audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                  caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
-        super().__init__(source, policy, bundle, verifier=verifier, edge=edge, audit=audit,
+        super().__init__(source, policy, trust, edge=edge, audit=audit,
                          caches=caches, tokenless_methods=tokenless_methods,
                          wrap_generic=AioGuardedGenericHandler, wrap_method=wrap_aio)
         self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))

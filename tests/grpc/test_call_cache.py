@@ -153,7 +153,7 @@ def test_remembered_call_ends_when_a_signing_certificate_expires(kit: Any, edge:
 
     def guard(calls: int) -> tuple[CallGuard, _CountingVerifier]:
         verifier = _CountingVerifier(kit.td.service(own), bundle, clock=clock)
-        return CallGuard(own_id=kit.td.service(own), verifier=verifier, bundle=bundle,
+        return CallGuard(verifier=verifier,
                          policy=policy, audit=AuditLog(kit.td.service(own)), edge=edge,
                          call_cache_size=calls, clock=clock), verifier
 

@@ -23,9 +23,8 @@ def _guard(m: Any, name: str, *, edge: bool, caches: bool = True) -> CallGuard:
     verifier = ChainVerifier(m.id(name), bundle, cache=None)
     policy = Policy([Rule(methods=("*",), peers=("*",), require_user=False)],
                     trust_domain=m.ca.trust_domain)
-    return CallGuard(own_id=m.id(name), verifier=verifier, bundle=bundle, policy=policy,
+    return CallGuard(verifier=verifier, policy=policy,
                      audit=AuditLog(m.id(name)), edge=edge,
-                     peer_cache_size=1024 if caches else 0,
                      call_cache_size=4096 if caches else 0)
 
 
