@@ -27,9 +27,11 @@ from mesh.identity.certs import load_pem_chain, spiffe_id_of, thumbprint
 from mesh.identity.errors import (
     SvidError,
     SvidFileError,
+    SvidIdentityChanged,
     SvidKeyMismatchError,
     SvidKeyPermissionError,
     SvidNotSpiffeError,
+    SvidNotValidNow,
 )
 from mesh.identity.spiffeid import SpiffeId
 
@@ -162,7 +164,7 @@ def _read_key(path: Path) -> bytes:
     if mode & 0o077:
         raise SvidKeyPermissionError(
             f"{path} is open to other users (mode {mode:04o}); a service key must be "
-            f"readable by its owner only (DESIGN 2: 0600): run chmod 600 on it"
+            f"readable by its owner only (spec 2: 0600): run chmod 600 on it"
         )
     return data
 
@@ -171,34 +173,46 @@ class X509SvidFolder:
     """Reads ``svid.pem``, ``svid_key.pem`` and ``svid_bundle.pem`` from a folder and reloads them.
 
     Changes are noticed lazily: ``current()`` stats the three files at most once per
-    ``poll_interval`` seconds (mtime, size and inode, so an ``os.replace`` with an unchanged
-    mtime is still seen). ``start()`` adds a daemon thread doing the same, so listeners hear of
-    a rotation even while no call asks. A half-written or mismatched set keeps the old snapshot
-    and is retried on the next poll; the first load must succeed.
+    ``poll_interval`` seconds (mtime, size, inode and mode, so an ``os.replace`` with an
+    unchanged mtime is still seen). ``start()`` adds a daemon thread doing the same, so
+    listeners hear of a rotation even while no call asks.
 
-    ``svid_key.pem`` must be closed to group and other (no bit of ``0o077``; DESIGN 2 says
-    0600, 0400 is fine too): such a key fails the first load with
-    :class:`SvidKeyPermissionError`, and a reload finding one keeps the current identity and
-    logs a warning until the file is replaced or its mode fixed.
+    A new set is swapped in only when it is one consistent identity this service may take:
+    the key matches the leaf, the leaf is an X.509-SVID for the SAME SPIFFE ID the folder
+    started with (a service never silently becomes another), its certificate is valid now, and
+    ``svid_key.pem`` is closed to group and other (no bit of ``0o077``; spec 2 says 0600, 0400
+    is fine too). Anything else keeps the current identity and logs one WARNING naming the
+    rule, once per distinct bad state (a missing file, or a half-written set caught
+    mid-rotation, is retried on every poll but not logged again until it changes). The first
+    load must pass the same checks.
     """
 
-    def __init__(self, path: Path | str, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, path: Path | str, *, poll_interval: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._dir = Path(path)
         self._poll = poll_interval
+        self._clock = clock
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._next_check = 0.0
         self._bad_fp: tuple[Fingerprint, ...] | None = None
+        self._warned: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         fp = self._fingerprints()
         self._svid = self._load(generation=0)
+        self._check_valid_now(self._svid)
         self._fp = fp
         self._next_check = time.monotonic() + self._poll
 
     @property
     def path(self) -> Path:
         return self._dir
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        """The identity this folder serves; it never changes (a set for another is refused)."""
+        return self._svid.spiffe_id
 
     def _fingerprints(self) -> tuple[Fingerprint, ...]:
         try:
@@ -218,6 +232,21 @@ class X509SvidFolder:
                 raise SvidFileError(f"cannot read {path}: {err.strerror}") from err
         return build_svid(blobs[0], blobs[1], blobs[2], generation)
 
+    def _check_valid_now(self, svid: Svid) -> None:
+        now = self._clock()
+        leaf = svid.leaf
+        if not leaf.not_valid_before_utc.timestamp() <= now < leaf.not_valid_after_utc.timestamp():
+            raise SvidNotValidNow(
+                f"the certificate in {self._dir / SVID_FILE} ({svid.spiffe_id}) is not valid "
+                f"now: valid from {leaf.not_valid_before_utc.isoformat()} to "
+                f"{leaf.not_valid_after_utc.isoformat()} (spec 2)"
+            )
+
+    def _warn_once(self, message: str) -> None:
+        if message != self._warned:
+            self._warned = message
+            _log.warning("%s", message)
+
     def current(self) -> Svid:
         if time.monotonic() >= self._next_check:
             self.refresh()
@@ -230,25 +259,29 @@ class X509SvidFolder:
             try:
                 fp = self._fingerprints()
             except SvidError as err:
-                _log.warning("SVID reload skipped: %s", err)
+                self._warn_once(f"SVID reload skipped, keeping {self._svid.spiffe_id}: {err}")
                 return False
             if fp in (self._fp, self._bad_fp):
                 return False
             try:
                 new = self._load(self._svid.generation + 1)
-            except SvidKeyPermissionError as err:
-                _log.warning("SVID reload refused, keeping the current identity: %s", err)
-                self._bad_fp = fp
-                return False
+                if new.spiffe_id != self._svid.spiffe_id:
+                    raise SvidIdentityChanged(
+                        f"the SVID in {self._dir} is for {new.spiffe_id}, but this folder "
+                        f"serves {self._svid.spiffe_id}; a service never changes who it is "
+                        "(spec 2)"
+                    )
+                self._check_valid_now(new)
             except SvidError as err:
-                # Likely caught mid-rotation: keep serving the old identity, and look again
-                # once the files change (a writer finishing changes them; no log flood).
-                _log.warning("SVID reload deferred, keeping the current identity: %s", err)
+                # Maybe caught mid-rotation: keep the current identity and look again once the
+                # files change (a writer finishing changes them).
+                self._warn_once(f"SVID reload refused, keeping {self._svid.spiffe_id}: {err}")
                 self._bad_fp = fp
                 return False
             if fp != self._fingerprints():
                 return False  # changed while we read: read again next time
             self._fp = fp
+            self._warned = None
             changed = new.chain_pem != self._svid.chain_pem or new.roots_pem != self._svid.roots_pem
             if not changed:
                 return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.errors import InvalidSpiffeIdError
 from mesh.identity.certs import spiffe_id_of, thumbprint
-from mesh.identity.spiffeid import SpiffeId
+from mesh.identity.spiffeid import SpiffeId, spiffe_id
+from mesh.identity.svid import SvidSource
 from mesh.tokens import jose
 from mesh.tokens.claims import APP, APP_ASSERTED, CNF_THUMBPRINT, KIND_NAMES, USER, parse_claims
 from mesh.tokens.errors import (
@@ -67,6 +69,14 @@ class TokenSigner:
         self._key = jose.SignKey(key, self.kid)
         self._clock = clock
 
+    def _id(self, value: SpiffeId | str) -> SpiffeId:
+        """An audience in any of the accepted forms (a service name means this trust domain)."""
+        try:
+            return spiffe_id(value, self.spiffe_id.trust_domain)
+        except InvalidSpiffeIdError as err:
+            raise SigningError(f"audience {value!r} is not a SPIFFE ID or service name: {err}"
+                               ) from err
+
     def _base(self, sub: str, aud: str | list[str], ttl: int) -> dict[str, Any]:
         if type(ttl) is not int or ttl <= 0:
             raise SigningError("ttl must be a positive whole number of seconds")
@@ -100,7 +110,7 @@ class TokenSigner:
             raise SigningError("a user token needs the user's id as a non-empty string")
         if isinstance(aud, str | SpiffeId):
             aud = [aud]
-        audiences = [str(_as_id(a)) for a in aud]
+        audiences = [str(self._id(a)) for a in aud]
         if not audiences:
             raise SigningError("a user token needs at least one audience")
         claims = self._base(sub, audiences, ttl)
@@ -118,7 +128,7 @@ class TokenSigner:
 
     def app_token(self, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL) -> str:
         """An ``app+jwt``: this service calling ``aud`` as itself."""
-        claims = self._base(str(self.spiffe_id), str(_as_id(aud)), ttl)
+        claims = self._base(str(self.spiffe_id), str(self._id(aud)), ttl)
         claims["cnf"] = {CNF_THUMBPRINT: self.kid}
         return self._key.sign(claims, APP)
 
@@ -143,7 +153,7 @@ class TokenSigner:
                 f"the upstream token is not addressed to this service {self.spiffe_id}; "
                 "wrapping it would be rejected downstream (DESIGN 4.5)"
             )
-        claims = self._base(up.sub, str(_as_id(aud)), ttl)
+        claims = self._base(up.sub, str(self._id(aud)), ttl)
         if up.exp <= claims["iat"]:
             raise TokenExpired("the upstream token has expired; it cannot be wrapped")
         claims["exp"] = min(claims["exp"], up.exp)
@@ -152,16 +162,63 @@ class TokenSigner:
         return self._key.sign(claims, APP_ASSERTED)
 
 
-def _as_id(value: SpiffeId | str) -> SpiffeId:
-    if isinstance(value, SpiffeId):
-        return value
-    try:
-        return SpiffeId.parse(value)
-    except InvalidSpiffeIdError as err:
-        raise SigningError(f"audience {value!r} is not a SPIFFE ID: {err}") from err
 
 
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise SigningError(f"{what} must be a string")
     return value
+
+
+class RotatingSigner:
+    """Signs with whatever SVID ``source`` holds now, so a renewed key is used at once.
+
+    A :class:`TokenSigner` is built once per SVID generation (building one parses the key for
+    python-jose); each call asks the source for its current snapshot, a cheap check.
+    """
+
+    def __init__(self, source: SvidSource) -> None:
+        self._source = source
+        self._lock = threading.Lock()
+        self._signer: tuple[int, TokenSigner] | None = None
+
+    @property
+    def current(self) -> TokenSigner:
+        """The signer of the SVID in force now."""
+        svid = self._source.current()
+        held = self._signer
+        if held is not None and held[0] == svid.generation:
+            return held[1]
+        with self._lock:
+            held = self._signer
+            if held is None or held[0] != svid.generation:
+                held = (svid.generation, TokenSigner(svid.private_key, svid.chain))
+                self._signer = held
+        return held[1]
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        return self.current.spiffe_id
+
+    def user_token(
+        self,
+        sub: str,
+        aud: Sequence[str | SpiffeId],
+        *,
+        name: str | None = None,
+        scope: str | Sequence[str] | None = None,
+        roles: Sequence[str] | None = None,
+        ttl: int = DEFAULT_USER_TTL,
+    ) -> str:
+        """See :meth:`TokenSigner.user_token`."""
+        return self.current.user_token(sub, aud, name=name, scope=scope, roles=roles, ttl=ttl)
+
+    def app_token(self, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL) -> str:
+        """See :meth:`TokenSigner.app_token`."""
+        return self.current.app_token(aud, ttl)
+
+    def app_asserted_token(
+        self, upstream: str, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL
+    ) -> str:
+        """See :meth:`TokenSigner.app_asserted_token`."""
+        return self.current.app_asserted_token(upstream, aud, ttl)

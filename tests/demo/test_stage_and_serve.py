@@ -56,7 +56,8 @@ def orders_identity(mesh_ca, tmp_path: Path) -> Path:  # type: ignore[no-untyped
 
 def _args(service: str, identity: Path, bundle: Path, *extra: str):  # type: ignore[no-untyped-def]
     return parser().parse_args([service, "--identity", str(identity), "--listen",
-                                "127.0.0.1:0", "--bundle", str(bundle), *extra])
+                                "127.0.0.1:0", "--bundle", str(bundle),
+                                "--crl", str(bundle.with_name("crl.pem")), *extra])
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,8 @@ def test_a_bad_policy_file_stops_the_service_with_its_line(mesh_ca, orders_ident
                     "--peer", "inventory=127.0.0.1:1", "--peer", "payments=127.0.0.1:1"))
     run = subprocess.run(
         [sys.executable, "-m", "mesh.demo", "orders", "--identity", str(orders_identity),
-         "--listen", "127.0.0.1:0", "--bundle", str(mesh_ca.bundle_path), "--policy",
+         "--listen", "127.0.0.1:0", "--bundle", str(mesh_ca.bundle_path),
+         "--crl", str(mesh_ca.crl_path), "--policy",
          str(policy), "--peer", "inventory=127.0.0.1:1", "--peer", "payments=127.0.0.1:1"],
         capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 2

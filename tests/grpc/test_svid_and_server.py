@@ -220,7 +220,7 @@ def test_reload_with_key_open_to_other_users_keeps_the_identity(
     assert source.current() is first
     assert source.current() is first  # the same bad files are not re-read nor re-logged
     warnings = [r.getMessage() for r in caplog.records if r.name == "mesh.identity.svid"]
-    assert len(warnings) == 1 and "keeping the current identity" in warnings[0]
+    assert len(warnings) == 1 and "keeping spiffe://mesh.internal/svc/orders" in warnings[0]
     assert "open to other users (mode 0644)" in warnings[0]
     assert "PRIVATE KEY" not in caplog.text
     os.chmod(folder / "svid_key.pem", 0o600)

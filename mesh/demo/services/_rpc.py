@@ -18,10 +18,9 @@ import grpc
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
-from mesh.demo.errors import DemoError, DownstreamFailed, UserRequired
-from mesh.errors import MeshError
+from mesh.demo.errors import DemoError, DownstreamFailed
+from mesh.errors import CallRefused, MeshError
 from mesh.identity.spiffeid import SpiffeId
-from mesh.transport.context import current_call
 from mesh.transport.status import rejection
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,14 +36,6 @@ class Registry(Protocol):
                                        method_handlers: dict[str, Any]) -> None: ...
 
 
-def verified_user() -> str:
-    """The end user of the call being handled (from the verified chain, never the request)."""
-    chain = current_call()
-    if chain is None or not chain.user:
-        raise UserRequired("this method acts for an end user and the call carries none")
-    return chain.user
-
-
 def _abort_demo(context: grpc.ServicerContext, err: DemoError, service: str,
                 method: str) -> NoReturn:
     context.abort_with_status(rejection(err.status, str(err), err.reason, service=service,
@@ -54,10 +45,9 @@ def _abort_demo(context: grpc.ServicerContext, err: DemoError, service: str,
 
 def _abort_mesh(context: grpc.ServicerContext, err: MeshError, service: str,
                 method: str) -> NoReturn:
-    """A mesh error raised while handling (e.g. no user to propagate): this service's fault."""
-    reason = str(getattr(err, "reason", "MESH_ERROR"))
-    _log.error("%s: %s: %s", method, reason, err)
-    context.abort_with_status(rejection(grpc.StatusCode.INTERNAL, str(err), reason,
+    """A mesh error raised while handling (a token this service could not mint): its fault."""
+    _log.error("%s: %s: %s", method, err.reason, err)
+    context.abort_with_status(rejection(grpc.StatusCode.INTERNAL, str(err), err.reason,
                                         service=service, method=method))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
@@ -123,6 +113,8 @@ def handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
         def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return fn(self, request, context)
+            except CallRefused:
+                raise  # the mesh server's wrapper answers with its status and reason
             except (Downstream, DemoError, MeshError) as err:
                 _abort_for(context, err, str(own_id), method)
 
@@ -139,6 +131,8 @@ def stream_handler(own_id: SpiffeId, method: str) -> Callable[[F], F]:
         def inner(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from fn(self, request, context)
+            except CallRefused:
+                raise  # the mesh server's wrapper answers with its status and reason
             except (Downstream, DemoError, MeshError) as err:
                 _abort_for(context, err, str(own_id), method)
 

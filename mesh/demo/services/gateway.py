@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import grpc
 
+from mesh import require_user
 from mesh.demo.services._rpc import (
     Registry,
     call_downstream,
     handler,
     stream_handler,
-    verified_user,
 )
 from mesh.demo.v1 import gateway_pb2, gateway_pb2_grpc, orders_pb2, orders_pb2_grpc
 from mesh.identity.spiffeid import SpiffeId
@@ -33,7 +33,7 @@ def make_servicer(
         def PlaceOrder(
             self, request: gateway_pb2.PlaceOrderRequest, context: grpc.ServicerContext
         ) -> orders_pb2.Order:
-            verified_user()
+            require_user()
             order: orders_pb2.Order = call_downstream("orders", lambda: orders.CreateOrder(
                 orders_pb2.CreateOrderRequest(lines=request.lines), timeout=DOWNSTREAM_TIMEOUT))
             return order
@@ -42,7 +42,7 @@ def make_servicer(
         def ListOrders(
             self, request: orders_pb2.ListOrdersRequest, context: grpc.ServicerContext
         ) -> Iterator[orders_pb2.Order]:
-            verified_user()
+            require_user()
             stream = call_downstream("orders", lambda: orders.ListOrders(
                 request, timeout=DOWNSTREAM_TIMEOUT))
             yield from call_downstream("orders", lambda: list(stream))

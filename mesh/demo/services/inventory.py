@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import grpc
 
+from mesh import require_user
 from mesh.demo.errors import InvalidRequest
 from mesh.demo.logic.inventory import MAX_LINES, Inventory, Reservation, ReserveLine
-from mesh.demo.services._rpc import Registry, handler, verified_user
+from mesh.demo.services._rpc import Registry, handler
 from mesh.demo.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.identity.spiffeid import SpiffeId
 
@@ -35,7 +36,7 @@ def make_servicer(
         def Reserve(
             self, request: inventory_pb2.ReserveRequest, context: grpc.ServicerContext
         ) -> inventory_pb2.Reservation:
-            user = verified_user()
+            user = require_user().id
             return _proto(inventory.reserve(_line(request), user=user))
 
         @handler(own_id, RESERVE_MANY)
@@ -43,7 +44,7 @@ def make_servicer(
             self, request_iterator: Iterator[inventory_pb2.ReserveRequest],
             context: grpc.ServicerContext,
         ) -> inventory_pb2.ReserveManyResponse:
-            user = verified_user()
+            user = require_user().id
             lines: list[ReserveLine] = []
             for request in request_iterator:
                 if len(lines) == MAX_LINES:
@@ -56,7 +57,7 @@ def make_servicer(
         def Release(
             self, request: inventory_pb2.ReleaseRequest, context: grpc.ServicerContext
         ) -> inventory_pb2.ReleaseResponse:
-            user = verified_user()
+            user = require_user().id
             released = inventory.release(list(request.reservation_ids), user=user)
             return inventory_pb2.ReleaseResponse(released=released)
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 
+from mesh import require_user
 from mesh.demo.logic.orders import OrderPlan, place_order, plan_order
 from mesh.demo.logic.orders_store import OrdersStore, StoredOrder
 from mesh.demo.services._rpc import (
@@ -13,7 +14,6 @@ from mesh.demo.services._rpc import (
     call_downstream,
     handler,
     stream_handler,
-    verified_user,
 )
 from mesh.demo.v1 import (
     inventory_pb2,
@@ -84,7 +84,7 @@ def make_servicer(
         def CreateOrder(
             self, request: orders_pb2.CreateOrderRequest, context: grpc.ServicerContext
         ) -> orders_pb2.Order:
-            user = verified_user()
+            user = require_user().id
             plan = plan_order([(line.sku, line.quantity) for line in request.lines])
             return to_proto(place_order(plan, user=user, reserve=reserve, charge=charge,
                                         store=store, release=release))
@@ -93,7 +93,7 @@ def make_servicer(
         def ListOrders(
             self, request: orders_pb2.ListOrdersRequest, context: grpc.ServicerContext
         ) -> Iterator[orders_pb2.Order]:
-            user = verified_user()
+            user = require_user().id
             for order in store.list_for(user, request.limit):
                 yield to_proto(order)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 
+from mesh import require_user
 from mesh.demo.logic.payments import Payments
-from mesh.demo.services._rpc import Registry, handler, verified_user
+from mesh.demo.services._rpc import Registry, handler
 from mesh.demo.v1 import payments_pb2, payments_pb2_grpc
 from mesh.identity.spiffeid import SpiffeId
 
@@ -20,7 +21,7 @@ def make_servicer(
         def Charge(
             self, request: payments_pb2.ChargeRequest, context: grpc.ServicerContext
         ) -> payments_pb2.ChargeResponse:
-            user = verified_user()
+            user = require_user().id
             charge = payments.charge(user=user, order_ref=request.order_ref,
                                      amount_cents=request.amount_cents,
                                      currency=request.currency)

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -40,14 +39,12 @@ from mesh.demo.services import payments as payments_svc
 from mesh.demo.services import reporting as reporting_svc
 from mesh.demo.v1 import inventory_pb2_grpc, orders_pb2_grpc, payments_pb2_grpc
 from mesh.errors import MeshError
-from mesh.identity.bundle import FileBundleSource
 from mesh.identity.spiffeid import SpiffeId
-from mesh.identity.svid import X509SvidFolder
 from mesh.policy import Policy
-from mesh.tokens.signer import TokenSigner
 from mesh.transport.audit import LOGGER_NAME as AUDIT_LOGGER
-from mesh.transport.channel import MeshChannel, mesh_channel
+from mesh.transport.channel import MeshChannel
 from mesh.transport.server import MeshServer
+from mesh.workload import Workload
 
 _log = logging.getLogger("mesh.demo")
 
@@ -68,6 +65,7 @@ STOP_GRACE = 2.0
 class Running:
     """What one service process holds; :meth:`close` releases it in reverse order."""
 
+    spiffe_id: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     stoppers: list[Callable[[], object]] = field(default_factory=list)
 
@@ -77,23 +75,6 @@ class Running:
                 stop()
             except Exception:  # shutdown goes on; the failure is logged
                 _log.exception("error while stopping")
-
-
-class _CurrentSigner:
-    """Signs with whatever SVID the folder holds now, so a renewed key is used at once."""
-
-    def __init__(self, source: X509SvidFolder) -> None:
-        self._source = source
-        self._lock = threading.Lock()
-        self._signer: tuple[int, TokenSigner] | None = None
-
-    def user_token(self, *args: Any, **kwargs: Any) -> str:
-        svid = self._source.current()
-        with self._lock:
-            if self._signer is None or self._signer[0] != svid.generation:
-                self._signer = (svid.generation, TokenSigner(svid.private_key, svid.chain))
-            signer = self._signer[1]
-        return signer.user_token(*args, **kwargs)
 
 
 def _parse_peers(values: Sequence[str]) -> dict[str, str]:
@@ -170,18 +151,18 @@ def build(args: argparse.Namespace) -> Running:
 
 def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) -> None:
     service: str = args.service
-    source = X509SvidFolder(args.identity).start()
-    running.stoppers.append(source.stop)
-    own: SpiffeId = source.current().spiffe_id
+    workload = Workload.from_folder(args.identity, bundle=args.bundle, crl=args.crl)
+    running.stoppers.append(workload.close)
+    own: SpiffeId = workload.spiffe_id
+    running.spiffe_id = str(own)
     if own.service_name != service:
         raise DemoConfigError(f"the identity in {args.identity} is {own}, not the {service} "
                               "service")
     td = own.trust_domain
-    bundle = FileBundleSource(args.bundle, args.crl, trust_domain=td)
     policy = load_service_policy(service, td, args.policy)
 
     def channel(name: str, *, require_user: bool) -> MeshChannel:
-        ch = mesh_channel(peers[name], name, source, require_user=require_user)
+        ch = workload.channel(name, peers[name], require_user=require_user)
         running.stoppers.append(ch.close)
         return ch
 
@@ -192,24 +173,24 @@ def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) ->
 
     # The mutual-TLS port: every service has one (health checks at least). For the edge
     # services it serves nothing else, so it gets a deny-all policy.
-    internal = MeshServer(source, Policy.deny_all(trust_domain=td) if service in EDGE_SERVICES
-                          else policy, bundle)
+    internal = workload.server(Policy.deny_all(trust_domain=td) if service in EDGE_SERVICES
+                               else policy)
 
     if service == "auth":
         if args.users is None:
             raise DemoConfigError("auth needs --users FILE")
-        logins = LoginService(UserStore.load(args.users), _CurrentSigner(source),
+        logins = LoginService(UserStore.load(args.users), workload.signer,
                               [td.service("gateway")], ttl=args.token_ttl)
         # Login takes a password, not a token: an edge port (server TLS, certificate following
         # rotation) on which Login alone is tokenless; any other method is refused.
-        auth_edge = MeshServer(source, Policy.deny_all(trust_domain=td), bundle, edge=True,
-                               max_workers=8, tokenless_methods=[auth_svc.LOGIN])
+        auth_edge = workload.server(Policy.deny_all(trust_domain=td), edge=True, max_workers=8,
+                                    tokenless_methods=[auth_svc.LOGIN])
         auth_svc.register(auth_edge, auth_svc.make_servicer(own, logins))
         start(auth_edge, args.edge_listen, "edge")
     elif service == "gateway":
         orders = orders_pb2_grpc.OrdersServiceStub(  # type: ignore[no-untyped-call]
             channel("orders", require_user=True))
-        edge_server = MeshServer(source, policy, bundle, edge=True)
+        edge_server = workload.server(policy, edge=True)
         gateway_svc.register(edge_server, gateway_svc.make_servicer(own, orders))
         start(edge_server, args.edge_listen, "edge")
     elif service == "orders":
@@ -276,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.service}: cannot start: {err}", file=sys.stderr)
         return 2
     try:
-        own = str(X509SvidFolder(args.identity).current().spiffe_id)
+        own = running.spiffe_id
         if args.ready_file is not None:
             _write_ready(args.ready_file, args, own, running.ports)
         _log.info("%s serving: mutual TLS on port %s%s", own, running.ports["listen"],
