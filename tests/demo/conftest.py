@@ -1,5 +1,6 @@
-"""An in-process demo mesh for servicer tests: real MeshServers on 127.0.0.1:0 with SVIDs from
-our CA, the shipped policy files, and real tokens. (The launcher tests run real processes.)"""
+"""The demo's servicers in process, on the one mini mesh (``mesh``): real MeshServers on
+127.0.0.1:0 with its SVIDs, the shipped policy files, and real tokens. (The launcher tests run
+real processes.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from support.minimesh import MiniMesh
 
 from mesh.demo.logic import catalog
 from mesh.demo.logic.inventory import Inventory
@@ -21,7 +23,6 @@ from mesh.demo.services import load_service_policy
 from mesh.demo.services import orders as orders_svc
 from mesh.demo.services import payments as payments_svc
 from mesh.demo.v1 import inventory_pb2_grpc, orders_pb2_grpc, payments_pb2_grpc
-from mesh.identity.bundle import FileBundleSource
 from mesh.identity.spiffeid import TrustDomain
 from mesh.identity.svid import StaticSvid
 from mesh.tokens.signer import TokenSigner
@@ -62,42 +63,40 @@ class InProcessMesh:
 
 
 @pytest.fixture
-def inproc_mesh(mesh_ca, tmp_path: Path) -> Iterator[InProcessMesh]:  # type: ignore[no-untyped-def]
-    issued = mesh_ca.issue_many(list(NAMES))
-    roots = mesh_ca.roots
-    sources = {s.name: StaticSvid(s.chain, s.private_key, roots) for s in issued}
-    td = mesh_ca.trust_domain
-    mesh = InProcessMesh(
-        td=td, roots_pem=mesh_ca.roots_path.read_bytes(), sources=sources,
+def inproc_mesh(mesh: MiniMesh, tmp_path: Path) -> Iterator[InProcessMesh]:
+    roots = mesh.ca.roots
+    sources = {n: StaticSvid(mesh.svids[n].chain, mesh.key(n), roots) for n in NAMES}
+    td = mesh.td
+    demo = InProcessMesh(
+        td=td, roots_pem=mesh.ca.roots_path.read_bytes(), sources=sources,
         inventory=Inventory(catalog.opening_stock()), payments=Payments(),
         store=OrdersStore(tmp_path / "orders.sqlite"))
 
     def server(name: str, *, edge: bool = False) -> MeshServer:
-        bundle = FileBundleSource(mesh_ca.bundle_path, mesh_ca.crl_path)
-        return MeshServer(sources[name], load_service_policy(name, td), bundle, edge=edge,
+        return MeshServer(sources[name], load_service_policy(name, td), mesh.trust, edge=edge,
                           max_workers=4)
 
     def start(name: str, srv: MeshServer) -> None:
-        mesh.ports[name] = srv.add_port("127.0.0.1:0")
+        demo.ports[name] = srv.add_port("127.0.0.1:0")
         srv.start()
-        mesh.servers[name] = srv
-        mesh.closers.append(lambda: srv.stop(None).wait())
+        demo.servers[name] = srv
+        demo.closers.append(lambda: srv.stop(None).wait())
 
     def channel(callee: str, caller: str) -> grpc.Channel:
-        ch = mesh_channel(mesh.address(callee), callee, sources[caller], require_user=True)
-        mesh.closers.append(ch.close)
+        ch = mesh_channel(demo.address(callee), callee, sources[caller], require_user=True)
+        demo.closers.append(ch.close)
         return ch
 
     inv = server("inventory")
     inventory_svc.register(inv, inventory_svc.make_servicer(td.service("inventory"),
-                                                            mesh.inventory))
+                                                            demo.inventory))
     start("inventory", inv)
     pay = server("payments")
-    payments_svc.register(pay, payments_svc.make_servicer(td.service("payments"), mesh.payments))
+    payments_svc.register(pay, payments_svc.make_servicer(td.service("payments"), demo.payments))
     start("payments", pay)
     orders = server("orders")
     orders_svc.register(orders, orders_svc.make_servicer(
-        td.service("orders"), mesh.store,
+        td.service("orders"), demo.store,
         inventory_pb2_grpc.InventoryServiceStub(channel("inventory", "orders")),  # type: ignore[no-untyped-call]
         payments_pb2_grpc.PaymentsServiceStub(channel("payments", "orders"))))  # type: ignore[no-untyped-call]
     start("orders", orders)
@@ -106,7 +105,7 @@ def inproc_mesh(mesh_ca, tmp_path: Path) -> Iterator[InProcessMesh]:  # type: ig
         td.service("gateway"),
         orders_pb2_grpc.OrdersServiceStub(channel("orders", "gateway"))))  # type: ignore[no-untyped-call]
     start("gateway", gateway)
-    yield mesh
-    for close in reversed(mesh.closers):
+    yield demo
+    for close in reversed(demo.closers):
         close()
-    mesh.store.close()
+    demo.store.close()

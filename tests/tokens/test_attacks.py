@@ -544,7 +544,7 @@ def test_signature_by_a_revoked_certificates_key(mesh: Any) -> None:
 def test_revoked_key_still_in_an_old_bundle_is_caught_by_the_crl(mesh: Any) -> None:
     import shutil
 
-    bundle_copy = mesh.folder / "bundle.spiffe.json"
+    bundle_copy = mesh.root / "bundle.spiffe.json"
     shutil.copy(mesh.ca.bundle_path, bundle_copy)  # a bundle published before the revocation
     from mesh.tokens import FileBundleSource
 

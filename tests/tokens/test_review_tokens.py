@@ -73,11 +73,11 @@ def test_json_oddities_rejected(shared_mesh: Any, raw: bytes) -> None:
     assert info.value.reason in {"TOKEN_MALFORMED", "TOKEN_TOO_LARGE"}
 
 
-def test_shared_cache_keeps_audience_and_peer_checks(review_mesh: Any) -> None:
+def test_shared_cache_keeps_audience_and_peer_checks(mesh_factory: Any) -> None:
     """Regression guard: a verified-token cache shared by two services (or a token seen first
     from its legitimate peer) never lets the cached token through for another audience or
     another peer."""
-    m = review_mesh()
+    m = mesh_factory()
     cache = VerifiedTokenCache()
     bundle = m.bundle()
     token = m.signers["gateway"].app_asserted_token(m.user_token("gateway"), m.id("orders"))
@@ -97,9 +97,9 @@ def test_shared_cache_keeps_audience_and_peer_checks(review_mesh: Any) -> None:
     assert info.value.reason == "TYPE_MISMATCH"
 
 
-def test_errors_never_echo_the_token(review_mesh: Any) -> None:
+def test_errors_never_echo_the_token(mesh_factory: Any) -> None:
     """Regression guard (DESIGN 4): no rejection message contains any part of the token."""
-    m = review_mesh()
+    m = mesh_factory()
     user = m.user_token("gateway")
     wrapped = m.signers["gateway"].app_asserted_token(user, m.id("orders"))
     h, p, s = wrapped.split(".")
@@ -119,7 +119,7 @@ def test_errors_never_echo_the_token(review_mesh: Any) -> None:
             assert part[:24] not in text
 
 
-def test_peer_with_p384_key_is_refused_as_untrusted(review_mesh: Any) -> None:
+def test_peer_with_p384_key_is_refused_as_untrusted(mesh_factory: Any) -> None:
     """A peer certificate from another issuer (SPIRE, cert-manager: DESIGN 5) may carry a P-384
     key. ``ChainVerifier._peer`` only checks ``isinstance(EllipticCurvePublicKey)`` and then
     builds ``jose.VerifyKey``, which raises ``SigningError`` (not a TokenError): the guard turns
@@ -132,7 +132,7 @@ def test_peer_with_p384_key_is_refused_as_untrusted(review_mesh: Any) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    m = review_mesh()
+    m = mesh_factory()
     key = ec.generate_private_key(ec.SECP384R1())
     now = datetime.now(UTC)
     issuer = m.ca.issuer_cert

@@ -64,10 +64,10 @@ def each_kind_fails(channel: Any) -> list[tuple[grpc.StatusCode, str]]:
     return out
 
 
-def test_sync_four_kinds_app_token_allowed(kit: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("/test.v1.Echo/*",), peers=("gateway",),
+def test_sync_four_kinds_app_token_allowed(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("/test.v1.Echo/*",), peers=("gateway",),
                                             require_user=False)]))
-    seen = call_all(kit.channel(port, "orders", kit.identity("gateway")))
+    seen = call_all(mesh.channel(port, "orders", mesh.identity("gateway")))
     assert len(seen["server_stream"]) == 3 and seen["client_stream"][0]["n"] == 2
     assert len(seen["bidi"]) == 2
     for messages in seen.values():
@@ -76,42 +76,42 @@ def test_sync_four_kinds_app_token_allowed(kit: Any) -> None:
             assert m["kind"] == "service" and m["user"] is None and m["chain"] == ["gateway"]
 
 
-def test_sync_four_kinds_user_call_allowed(kit: Any, as_user_call: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),),
+def test_sync_four_kinds_user_call_allowed(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),),
                                             scopes=("orders:read",))]))
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
-    with as_user_call("gateway", kit.user_token("alice", scope="orders:read")):
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
+    with mesh.as_user_call("gateway", mesh.user_token(sub="alice", scope="orders:read")):
         seen = call_all(channel)
     for messages in seen.values():
         for m in messages:
             assert (m["user"], m["kind"], m["chain"]) == ("alice", "user", ["gateway"])
 
 
-def test_sync_four_kinds_denied(kit: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("inventory",),
+def test_sync_four_kinds_denied(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("inventory",),
                                             require_user=False)]))
-    results = each_kind_fails(kit.channel(port, "orders", kit.identity("gateway")))
+    results = each_kind_fails(mesh.channel(port, "orders", mesh.identity("gateway")))
     assert results == [(grpc.StatusCode.PERMISSION_DENIED, "PEER_NOT_ALLOWED")] * 4
 
 
-def test_sync_app_token_refused_where_user_required(kit: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",))]))
-    results = each_kind_fails(kit.channel(port, "orders", kit.identity("gateway")))
+def test_sync_app_token_refused_where_user_required(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",))]))
+    results = each_kind_fails(mesh.channel(port, "orders", mesh.identity("gateway")))
     assert results == [(grpc.StatusCode.PERMISSION_DENIED, "USER_REQUIRED")] * 4
 
 
-def test_aio_four_kinds_allowed_and_user_propagated(kit: Any) -> None:
-    port = kit.serve_aio("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+def test_aio_four_kinds_allowed_and_user_propagated(mesh: Any) -> None:
+    port = mesh.serve_aio("orders", Policy([Rule(methods=("*",), peers=("gateway",),
                                                 require_user=False)]))
-    gateway = kit.identity("gateway")
-    channel = kit.aio_channel(port, "orders", gateway)
-    seen = kit.aio.run(acall_all(channel))
+    gateway = mesh.identity("gateway")
+    channel = mesh.aio_channel(port, "orders", gateway)
+    seen = mesh.aio.run(acall_all(channel))
     for messages in seen.values():
         for m in messages:
             assert (m["kind"], m["chain"]) == ("service", ["gateway"])
 
-    token = kit.user_token("bob")
-    verifier = ChainVerifier(kit.td.service("gateway"), kit.bundle)
+    token = mesh.user_token(sub="bob")
+    verifier = ChainVerifier(mesh.td.service("gateway"), mesh.trust)
 
     async def as_user() -> dict[str, list[dict[str, Any]]]:
         handle = enter_call(verifier.verify(token, None))
@@ -120,18 +120,18 @@ def test_aio_four_kinds_allowed_and_user_propagated(kit: Any) -> None:
         finally:
             leave_call(handle)
 
-    seen = kit.aio.run(as_user())
+    seen = mesh.aio.run(as_user())
     assert len(seen["server_stream"]) == 3 and len(seen["bidi"]) == 2
     for messages in seen.values():
         for m in messages:
             assert (m["user"], m["chain"]) == ("bob", ["gateway"])
-    kit.aio.run(channel.close())
+    mesh.aio.run(channel.close())
 
 
-def test_aio_four_kinds_denied(kit: Any) -> None:
-    port = kit.serve_aio("orders", Policy([Rule(methods=("/other.Svc/*",), peers=("*",),
+def test_aio_four_kinds_denied(mesh: Any) -> None:
+    port = mesh.serve_aio("orders", Policy([Rule(methods=("/other.Svc/*",), peers=("*",),
                                                 require_user=False)]))
-    channel = kit.aio_channel(port, "orders", kit.identity("gateway"))
+    channel = mesh.aio_channel(port, "orders", mesh.identity("gateway"))
 
     async def each() -> list[tuple[grpc.StatusCode, str]]:
         async def one() -> AsyncIterator[bytes]:
@@ -153,17 +153,17 @@ def test_aio_four_kinds_denied(kit: Any) -> None:
         await channel.close()
         return out
 
-    assert kit.aio.run(each()) == [(grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE")] * 4
+    assert mesh.aio.run(each()) == [(grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE")] * 4
 
 
-def test_aio_plain_def_handler_sees_the_caller(kit: Any) -> None:
+def test_aio_plain_def_handler_sees_the_caller(mesh: Any) -> None:
     """grpc/grpc#37881: a plain def handler on an aio server still sees current_call()."""
     import grpc.aio
 
     from mesh.transport.context import current_call
     from mesh.transport.server import AioMeshServer
 
-    source = kit.identity("orders")
+    source = mesh.identity("orders")
 
     def plain(request: bytes, context: Any) -> bytes:
         call = current_call()
@@ -171,18 +171,18 @@ def test_aio_plain_def_handler_sees_the_caller(kit: Any) -> None:
 
     async def run() -> bytes:
         server = AioMeshServer(source, Policy([Rule(methods=("*",), peers=("*",),
-                                                    require_user=False)]), kit.bundle)
+                                                    require_user=False)]), mesh.trust)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             "p.P", {"M": grpc.unary_unary_rpc_method_handler(plain)})])
         port = server.add_port("127.0.0.1:0")
         await server.start()
         try:
             from mesh.transport.channel import AioMeshChannel
-            channel = AioMeshChannel(f"127.0.0.1:{port}", "orders", kit.identity("gateway"))
+            channel = AioMeshChannel(f"127.0.0.1:{port}", "orders", mesh.identity("gateway"))
             result: bytes = await channel.unary_unary("/p.P/M")(b"", timeout=10)
             await channel.close()
             return result
         finally:
             await server.stop(None)
 
-    assert kit.aio.run(run()) == b"gateway"
+    assert mesh.aio.run(run()) == b"gateway"

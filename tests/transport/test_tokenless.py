@@ -24,12 +24,12 @@ UNARY = "/test.v1.Echo/Unary"
 STREAM = "/test.v1.Echo/ServerStream"
 
 
-def raw_channel(kit: Any, port: int, callee: str, client: str | None) -> grpc.Channel:
-    roots = (kit.folder(callee) / "svid_bundle.pem").read_bytes()
+def raw_channel(mesh: Any, port: int, callee: str, client: str | None) -> grpc.Channel:
+    roots = (mesh.folder(callee) / "svid_bundle.pem").read_bytes()
     key = chain = None
     if client is not None:
-        key = (kit.folder(client) / "svid_key.pem").read_bytes()
-        chain = (kit.folder(client) / "svid.pem").read_bytes()
+        key = (mesh.folder(client) / "svid_key.pem").read_bytes()
+        chain = (mesh.folder(client) / "svid.pem").read_bytes()
     return grpc.secure_channel(
         f"127.0.0.1:{port}", grpc.ssl_channel_credentials(roots, key, chain),
         options=[("grpc.ssl_target_name_override", f"{callee}.svc.mesh.internal")])
@@ -44,9 +44,9 @@ def refusal(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str]]:
 
 
 def test_edge_login_door_takes_no_token_and_opens_nothing_else(
-        kit: Any, caplog: pytest.LogCaptureFixture) -> None:
-    port = kit.serve("auth", Policy.deny_all(), edge=True, tokenless_methods=[UNARY])
-    outside = raw_channel(kit, port, "auth", None)  # no client certificate, no token
+        mesh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    port = mesh.serve("auth", Policy.deny_all(), edge=True, tokenless_methods=[UNARY])
+    outside = raw_channel(mesh, port, "auth", None)  # no client certificate, no token
     caplog.set_level(logging.INFO, logger=LOGGER_NAME)
     assert json.loads(outside.unary_unary(UNARY)(b"pw", timeout=5)) == {"call": None}
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == LOGGER_NAME]
@@ -56,25 +56,25 @@ def test_edge_login_door_takes_no_token_and_opens_nothing_else(
     stream = outside.unary_stream(STREAM)
     assert refusal(lambda: list(stream(b"x", timeout=5)))[:2] == (
         grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
-    md = (("authorization", "Bearer " + kit.user_token("alice", aud="auth")),)
+    md = (("authorization", "Bearer " + mesh.user_token(sub="alice", aud="auth")),)
     code, reason, meta = refusal(lambda: list(stream(b"x", metadata=md, timeout=5)))
     assert (code, reason, meta["rule"]) == (grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE",
                                             "deny_all")
     outside.close()
 
 
-def test_mtls_tokenless_method_still_checks_the_peer_certificate(kit: Any) -> None:
-    port = kit.serve("orders", Policy.deny_all(), tokenless_methods=[UNARY])
-    kit.identity("gateway")
-    channel = raw_channel(kit, port, "orders", "gateway")
+def test_mtls_tokenless_method_still_checks_the_peer_certificate(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy.deny_all(), tokenless_methods=[UNARY])
+    mesh.identity("gateway")
+    channel = raw_channel(mesh, port, "orders", "gateway")
     call = channel.unary_unary(UNARY)
     assert json.loads(call(b"x", timeout=5)) == {"call": None}
     # no client certificate: the handshake fails, as on any mutual-TLS port
-    no_cert = raw_channel(kit, port, "orders", None)
+    no_cert = raw_channel(mesh, port, "orders", None)
     assert refusal(lambda: no_cert.unary_unary(UNARY)(b"x", timeout=5))[:2] == (
         grpc.StatusCode.UNAVAILABLE, "")
     # a revoked peer is refused at its next call, token or not
-    kit.ca.revoke(name="gateway")
+    mesh.ca.revoke(name="gateway")
     deadline = time.monotonic() + 5
     reason = ""
     while time.monotonic() < deadline and not reason:
@@ -89,9 +89,9 @@ def test_mtls_tokenless_method_still_checks_the_peer_certificate(kit: Any) -> No
     no_cert.close()
 
 
-def test_aio_server_serves_a_tokenless_method(kit: Any) -> None:
-    port = kit.serve_aio("auth", Policy.deny_all(), edge=True, tokenless_methods=[UNARY])
-    outside = raw_channel(kit, port, "auth", None)
+def test_aio_server_serves_a_tokenless_method(mesh: Any) -> None:
+    port = mesh.serve_aio("auth", Policy.deny_all(), edge=True, tokenless_methods=[UNARY])
+    outside = raw_channel(mesh, port, "auth", None)
     assert json.loads(outside.unary_unary(UNARY)(b"pw", timeout=5)) == {"call": None}
     assert refusal(lambda: list(outside.unary_stream(STREAM)(b"x", timeout=5)))[:2] == (
         grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
@@ -99,11 +99,11 @@ def test_aio_server_serves_a_tokenless_method(kit: Any) -> None:
 
 
 @pytest.mark.parametrize("methods", [["*"], ["/test.v1.Echo/*"], ["Unary"], UNARY, [None]])
-def test_tokenless_methods_must_be_exact_names(kit: Any, methods: Any) -> None:
-    source = kit.identity("auth")
+def test_tokenless_methods_must_be_exact_names(mesh: Any, methods: Any) -> None:
+    source = mesh.identity("auth")
     with pytest.raises(ServerConfigError, match="tokenless"):
-        build_guard(source, Policy.deny_all(), kit.bundle, tokenless_methods=methods)
+        build_guard(source, Policy.deny_all(), mesh.trust, tokenless_methods=methods)
     with pytest.raises(ServerConfigError, match="tokenless"):
-        MeshServer(source, Policy.deny_all(), kit.bundle, edge=True, tokenless_methods=methods)
+        MeshServer(source, Policy.deny_all(), mesh.trust, edge=True, tokenless_methods=methods)
     # control: the exact name is accepted
-    build_guard(source, Policy.deny_all(), kit.bundle, tokenless_methods=[UNARY])
+    build_guard(source, Policy.deny_all(), mesh.trust, tokenless_methods=[UNARY])

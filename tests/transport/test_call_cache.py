@@ -29,8 +29,8 @@ UNARY = "/test.v1.Echo/Unary"
 STREAM = "/test.v1.Echo/ServerStream"
 
 
-def raw_channel(kit: Any, port: int, client: str) -> grpc.Channel:
-    folder = kit.folder(client)
+def raw_channel(mesh: Any, port: int, client: str) -> grpc.Channel:
+    folder = mesh.folder(client)
     creds = grpc.ssl_channel_credentials((folder / "svid_bundle.pem").read_bytes(),
                                          (folder / "svid_key.pem").read_bytes(),
                                          (folder / "svid.pem").read_bytes())
@@ -46,18 +46,18 @@ def refusal(call: Any) -> tuple[grpc.StatusCode, str]:
     return exc.value.code(), info.reason if info else ""
 
 
-def app_token(kit: Any, name: str) -> str:
-    issued = kit.ca.issue(name)
-    issued.write_to(kit.folder(name))
-    return TokenSigner(issued.private_key, issued.chain).app_token(kit.td.service("orders"))
+def app_token(mesh: Any, name: str) -> str:
+    issued = mesh.ca.issue(name)
+    issued.write_to(mesh.folder(name))
+    return TokenSigner(issued.private_key, issued.chain).app_token(mesh.td.service("orders"))
 
 
-def test_token_remembered_for_its_peer_is_refused_from_another(kit: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway", "inventory"),
+def test_token_remembered_for_its_peer_is_refused_from_another(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway", "inventory"),
                                             require_user=False)]))
-    md = (("authorization", "Bearer " + app_token(kit, "gateway")),)
-    app_token(kit, "inventory")
-    victim, thief = raw_channel(kit, port, "gateway"), raw_channel(kit, port, "inventory")
+    md = (("authorization", "Bearer " + app_token(mesh, "gateway")),)
+    app_token(mesh, "inventory")
+    victim, thief = raw_channel(mesh, port, "gateway"), raw_channel(mesh, port, "inventory")
     for _ in range(2):  # control, and the cache is warm
         assert json.loads(victim.unary_unary(UNARY)(b"x", metadata=md, timeout=5))["chain"] == [
             "gateway"]
@@ -67,13 +67,13 @@ def test_token_remembered_for_its_peer_is_refused_from_another(kit: Any) -> None
     thief.close()
 
 
-def test_decision_remembered_for_one_method_does_not_open_another(kit: Any) -> None:
-    port = kit.serve("orders", Policy([
+def test_decision_remembered_for_one_method_does_not_open_another(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([
         Rule(methods=(UNARY,), peers=("gateway",), require_user=False, name="unary"),
         Rule(methods=(STREAM,), peers=("inventory",), require_user=False, name="stream"),
     ]))
-    md = (("authorization", "Bearer " + app_token(kit, "gateway")),)
-    channel = raw_channel(kit, port, "gateway")
+    md = (("authorization", "Bearer " + app_token(mesh, "gateway")),)
+    channel = raw_channel(mesh, port, "gateway")
     for _ in range(2):
         assert json.loads(channel.unary_unary(UNARY)(b"x", metadata=md, timeout=5))["peer"]
     assert refusal(lambda: list(channel.unary_stream(STREAM)(b"x", metadata=md, timeout=5))) == (
@@ -87,11 +87,11 @@ def test_decision_remembered_for_one_method_does_not_open_another(kit: Any) -> N
     (lambda t: (("authorization", "Basic " + t),), "TOKEN_MALFORMED"),
     (lambda t: (), "TOKEN_MISSING"),
 ])
-def test_warm_cache_still_refuses_bad_metadata(kit: Any, metadata: Any, reason: str) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+def test_warm_cache_still_refuses_bad_metadata(mesh: Any, metadata: Any, reason: str) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
                                             require_user=False)]))
-    token = app_token(kit, "gateway")
-    channel = raw_channel(kit, port, "gateway")
+    token = app_token(mesh, "gateway")
+    channel = raw_channel(mesh, port, "gateway")
     call = channel.unary_unary(UNARY)
     good = (("authorization", "Bearer " + token),)
     assert json.loads(call(b"x", metadata=good, timeout=5))["peer"]  # control, warms the cache
@@ -100,11 +100,11 @@ def test_warm_cache_still_refuses_bad_metadata(kit: Any, metadata: Any, reason: 
     channel.close()
 
 
-def test_remembered_calls_are_audited_too(kit: Any, caplog: pytest.LogCaptureFixture) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+def test_remembered_calls_are_audited_too(mesh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
                                             require_user=False, name="apps")]))
-    md = (("authorization", "Bearer " + app_token(kit, "gateway")),)
-    channel = raw_channel(kit, port, "gateway")
+    md = (("authorization", "Bearer " + app_token(mesh, "gateway")),)
+    channel = raw_channel(mesh, port, "gateway")
     caplog.set_level(logging.INFO, logger=LOGGER_NAME)
     for _ in range(3):
         channel.unary_unary(UNARY)(b"x", metadata=md, timeout=5)
@@ -126,35 +126,35 @@ class _CountingVerifier(ChainVerifier):
 
 
 @pytest.mark.parametrize("edge", [False, True], ids=["mtls-wrapped", "edge"])
-def test_remembered_call_ends_when_a_signing_certificate_expires(kit: Any, edge: bool) -> None:
+def test_remembered_call_ends_when_a_signing_certificate_expires(mesh: Any, edge: bool) -> None:
     """A user token outliving the auth certificate that signed it (forged by hand: our signer
     caps exp at its certificate's notAfter, another issuer may not) is served from the call
     cache only until that certificate expires; then the full check refuses it, CERT_UNTRUSTED.
     Time is a fake clock shared by guard and verifier (the certificates are real)."""
     now = [time.time()]
     clock = lambda: now[0]  # noqa: E731
-    auth = kit.ca.issue("auth", ttl=timedelta(seconds=30))
+    auth = mesh.ca.issue("auth", ttl=timedelta(seconds=30))
     auth_expiry = auth.certificate.not_valid_after_utc.timestamp()
     t0 = int(now[0])
     user = SignKey(auth.private_key, auth.thumbprint).sign({
-        "iss": str(kit.td.service("auth")), "sub": "alice",
-        "aud": [str(kit.td.service("gateway"))], "iat": t0, "exp": t0 + 900, "jti": "j1",
+        "iss": str(mesh.td.service("auth")), "sub": "alice",
+        "aud": [str(mesh.td.service("gateway"))], "iat": t0, "exp": t0 + 900, "jti": "j1",
     }, "user+jwt")
     if edge:
         own, token, ctx = "gateway", user, {}
     else:
-        gateway = kit.ca.issue("gateway")
+        gateway = mesh.ca.issue("gateway")
         wrapped = TokenSigner(gateway.private_key, gateway.chain, clock=clock)
         own = "orders"
-        token = wrapped.app_asserted_token(user, kit.td.service("orders"), ttl=300)
+        token = wrapped.app_asserted_token(user, mesh.td.service("orders"), ttl=300)
         ctx = {"x509_pem_cert": [gateway.certificate.public_bytes(Encoding.PEM)]}
     policy = Policy([Rule(methods=("*",), peers=("*",), require_user=True)])
-    bundle = FileBundleSource(kit.ca.bundle_path, kit.ca.crl_path)  # read after the issuing
+    bundle = FileBundleSource(mesh.ca.bundle_path, mesh.ca.crl_path)  # read after the issuing
 
     def guard(calls: int) -> tuple[CallGuard, _CountingVerifier]:
-        verifier = _CountingVerifier(kit.td.service(own), bundle, clock=clock)
+        verifier = _CountingVerifier(mesh.td.service(own), bundle, clock=clock)
         return CallGuard(verifier=verifier,
-                         policy=policy, audit=AuditLog(kit.td.service(own)), edge=edge,
+                         policy=policy, audit=AuditLog(mesh.td.service(own)), edge=edge,
                          call_cache_size=calls, clock=clock), verifier
 
     cached, counted = guard(4096)

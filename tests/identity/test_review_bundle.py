@@ -19,9 +19,9 @@ def _crl_with_revoked_intermediate(m: Any, tmp_path: Path) -> Path:
     return path
 
 
-def test_peer_under_revoked_intermediate_is_refused(review_mesh: Any, tmp_path: Path) -> None:
+def test_peer_under_revoked_intermediate_is_refused(mesh_factory: Any, tmp_path: Path) -> None:
     """Regression guard: rule 4.1 walks the whole path, so a revoked issuing CA fails the peer."""
-    m = review_mesh(intermediate=True)
+    m = mesh_factory(intermediate=True)
     bundle = FileBundleSource(m.ca.bundle_path, _crl_with_revoked_intermediate(m, tmp_path))
     control = FileBundleSource(m.ca.bundle_path, m.ca.crl_path)
     assert control.verify_chain(list(m.svids["gateway"].chain)) == m.id("gateway")
@@ -30,14 +30,14 @@ def test_peer_under_revoked_intermediate_is_refused(review_mesh: Any, tmp_path: 
 
 
 def test_edge_refuses_user_token_signed_under_revoked_intermediate(
-    review_mesh: Any, tmp_path: Path
+    mesh_factory: Any, tmp_path: Path
 ) -> None:
     """DESIGN 4.5 / edge: the signing key's certificate must chain to the anchors and not be
     revoked. ``ChainVerifier._bundle_key`` asks ``is_revoked(key.certificate)`` (the leaf only)
     and FileBundleSource never applies the CRL to a key's intermediates, so once the
     intermediate CA is revoked every token its leaves signed still verifies as a wrapped or
     edge token, while the same certificates are refused as mTLS peers (test above)."""
-    m = review_mesh(intermediate=True)
+    m = mesh_factory(intermediate=True)
     token = m.user_token("gateway")
     # negative control: with the CA's own CRL the token verifies
     assert m.verifier("gateway").verify(token, None).user == "alice"
@@ -46,13 +46,13 @@ def test_edge_refuses_user_token_signed_under_revoked_intermediate(
         m.verifier("gateway", bundle=bundle).verify(token, None)
 
 
-def test_crl_rollback_does_not_unrevoke(review_mesh: Any, tmp_path: Path) -> None:
+def test_crl_rollback_does_not_unrevoke(mesh_factory: Any, tmp_path: Path) -> None:
     """Replacing crl.pem with an OLDER CRL validly signed by the CA (lower CRLNumber, earlier
     thisUpdate) silently un-revokes certificates. Deleting or corrupting the file keeps the
     previous snapshot, so an attacker who can write the file (or replay an old copy through a
     sync job) is better served by a rollback. The bundle source should refuse a CRL whose
     CRLNumber is lower than the one it already applies (RFC 5280 5.2.3)."""
-    m = review_mesh()
+    m = mesh_factory()
     old = m.ca.crl_path.read_bytes()
     m.ca.revoke(name="payments")
     crl = tmp_path / "crl.pem"
@@ -66,11 +66,11 @@ def test_crl_rollback_does_not_unrevoke(review_mesh: Any, tmp_path: Path) -> Non
     assert bundle.is_revoked(cert)
 
 
-def test_crl_with_forged_signature_is_refused(review_mesh: Any, tmp_path: Path) -> None:
+def test_crl_with_forged_signature_is_refused(mesh_factory: Any, tmp_path: Path) -> None:
     """Regression guard: a CRL naming the CA as issuer but signed by another key is refused at
     start, and on reload the previous snapshot (with its revocations) stays in force."""
-    m = review_mesh()
-    other = review_mesh()
+    m = mesh_factory()
+    other = mesh_factory()
     m.ca.revoke(name="payments")
     # same issuer NAME in both CAs (same trust domain), different keys
     assert other.ca.issuer_cert.subject == m.ca.issuer_cert.subject
@@ -88,9 +88,9 @@ def test_crl_with_forged_signature_is_refused(review_mesh: Any, tmp_path: Path) 
     assert bundle.is_revoked(m.svids["payments"].certificate)
 
 
-def test_deleted_crl_keeps_previous_revocations(review_mesh: Any, tmp_path: Path) -> None:
+def test_deleted_crl_keeps_previous_revocations(mesh_factory: Any, tmp_path: Path) -> None:
     """Regression guard: removing crl.pem must not fail open."""
-    m = review_mesh()
+    m = mesh_factory()
     m.ca.revoke(name="payments")
     crl = tmp_path / "crl.pem"
     crl.write_bytes(m.ca.crl_path.read_bytes())
@@ -122,12 +122,12 @@ def _add_jwt_entry(m: Any, tmp_path: Path, cert: Any, kid: str) -> Path:
     return path
 
 
-def test_bundle_refuses_a_ca_certificate_as_signing_key(review_mesh: Any, tmp_path: Path) -> None:
+def test_bundle_refuses_a_ca_certificate_as_signing_key(mesh_factory: Any, tmp_path: Path) -> None:
     """Regression guard: the intermediate CA carries the SPIFFE ID spiffe://<td> and chains to
     the root, but as a jwt-svid entry it is refused (an end-entity profile is required)."""
     from mesh.identity.certs import thumbprint
 
-    m = review_mesh(intermediate=True)
+    m = mesh_factory(intermediate=True)
     inter = m.ca.issuer_cert
     kid = thumbprint(inter)
     source = FileBundleSource(_add_jwt_entry(m, tmp_path, inter, kid))
@@ -136,11 +136,11 @@ def test_bundle_refuses_a_ca_certificate_as_signing_key(review_mesh: Any, tmp_pa
     assert m.svids["auth"].thumbprint in source.kids()  # control: the real keys are there
 
 
-def test_bundle_refuses_kid_naming_another_certificate(review_mesh: Any, tmp_path: Path) -> None:
+def test_bundle_refuses_kid_naming_another_certificate(mesh_factory: Any, tmp_path: Path) -> None:
     """Regression guard: an entry whose kid is another service's thumbprint (kid/x5c mismatch)
     is refused, so a token naming that kid can never be checked with this entry's key."""
-    m = review_mesh()
-    other = review_mesh()  # an outsider's certificate, same trust domain name
+    m = mesh_factory()
+    other = mesh_factory()  # an outsider's certificate, same trust domain name
     source = FileBundleSource(
         _add_jwt_entry(m, tmp_path, other.svids["orders"].certificate, "A" * 43))
     assert "A" * 43 not in source.kids() and "thumbprint" in source.rejected["A" * 43]

@@ -54,10 +54,10 @@ def test_bearer_scheme_case_insensitive() -> None:
     assert bearer_token([("authorization", "BEARER a.b.c")]) == "a.b.c"
 
 
-def test_mtls_guard_without_peer_certificate_fails_closed(review_mesh: Any) -> None:
+def test_mtls_guard_without_peer_certificate_fails_closed(mesh_factory: Any) -> None:
     """Regression guard (4.1): a call whose auth context has no certificate (a misconfigured
     port, a plaintext hop) is refused before the token is looked at, even a valid one."""
-    m = review_mesh()
+    m = mesh_factory()
     token = m.signers["gateway"].app_token(m.id("orders"))
     guard = _guard(m, "orders", edge=False)
     ctx_ok = {"x509_pem_cert": [m.svids["gateway"].certificate.public_bytes(Encoding.PEM)]}
@@ -68,10 +68,10 @@ def test_mtls_guard_without_peer_certificate_fails_closed(review_mesh: Any) -> N
         assert info.value.reason == "CERT_UNTRUSTED"
 
 
-def test_edge_guard_refuses_service_tokens(review_mesh: Any) -> None:
+def test_edge_guard_refuses_service_tokens(mesh_factory: Any) -> None:
     """Regression guard (edge port): an app token or an app-asserted token is refused there,
     even one addressed to this service and validly signed."""
-    m = review_mesh()
+    m = mesh_factory()
     guard = _guard(m, "gateway", edge=True)
     user = m.user_token("gateway")
     assert guard.check(METHOD, [("authorization", "Bearer " + user)], {}) is not None
@@ -83,11 +83,11 @@ def test_edge_guard_refuses_service_tokens(review_mesh: Any) -> None:
         assert info.value.reason == "TYPE_MISMATCH"
 
 
-def test_call_cache_stops_at_signing_certificate_expiry(review_mesh: Any) -> None:
+def test_call_cache_stops_at_signing_certificate_expiry(mesh_factory: Any) -> None:
     """The guard's call cache must end when a certificate that signed an inner token expires,
     not only at the token's exp and the peer's expiry. The token is forged by hand because
     TokenSigner caps exp at its certificate's not_after; another issuer might not."""
-    m = review_mesh(auth={"ttl": timedelta(seconds=1)})
+    m = mesh_factory(auth={"ttl": timedelta(seconds=1)})
     now = int(time.time())
     token = m.forge_user(m.user_claims(iat=now, exp=now + 900))  # far past auth's certificate
     cached = _guard(m, "gateway", edge=True)
@@ -119,10 +119,10 @@ class _Call:
         self.chain = tuple(m.id(s) for s in chain)
 
 
-def test_policy_service_wildcard_does_not_cover_a_prefixed_service(review_mesh: Any) -> None:
+def test_policy_service_wildcard_does_not_cover_a_prefixed_service(mesh_factory: Any) -> None:
     """Regression guard: ``/pkg.Orders/*`` must not cover ``/pkg.OrdersAdmin/Drop`` nor a
     method whose path only starts like it; uncovered methods are denied by default."""
-    m = review_mesh()
+    m = mesh_factory()
     policy = Policy([Rule(methods=("/pkg.Orders/*",), peers=("*",))],
                     trust_domain=m.ca.trust_domain)
     call = _Call(m, "gateway", ("gateway",), "alice")
@@ -133,9 +133,9 @@ def test_policy_service_wildcard_does_not_cover_a_prefixed_service(review_mesh: 
         assert not decision.allowed and decision.reason == NO_POLICY_RULE, method
 
 
-def test_policy_chain_is_ordered_and_exact(review_mesh: Any) -> None:
+def test_policy_chain_is_ordered_and_exact(mesh_factory: Any) -> None:
     """Regression guard: chains match whole and in order, never as a prefix or a set."""
-    m = review_mesh()
+    m = mesh_factory()
     policy = Policy([Rule(methods=("*",), chains=(("gateway", "orders"),))],
                     trust_domain=m.ca.trust_domain)
     assert policy.decide(METHOD, _Call(m, "orders", ("gateway", "orders"), "alice")).allowed
@@ -144,10 +144,10 @@ def test_policy_chain_is_ordered_and_exact(review_mesh: Any) -> None:
         assert not policy.decide(METHOD, _Call(m, chain[-1], chain, "alice")).allowed, chain
 
 
-def test_policy_scope_is_whole_word(review_mesh: Any) -> None:
+def test_policy_scope_is_whole_word(mesh_factory: Any) -> None:
     """Regression guard: scope 'orders:write' is not held by 'orders:write-not' or
     'orders:writes', and a list-valued scope claim grants nothing."""
-    m = review_mesh()
+    m = mesh_factory()
     policy = Policy([Rule(methods=("*",), peers=("*",), scopes=("orders:write",))],
                     trust_domain=m.ca.trust_domain)
     def ok(scope: Any) -> bool:

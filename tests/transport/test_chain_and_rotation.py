@@ -18,26 +18,26 @@ from mesh.transport.status import error_info
 UNARY = "/test.v1.Echo/Unary"
 
 
-def test_three_service_chain_innermost_sees_user_and_full_chain(kit: Any) -> None:
+def test_three_service_chain_innermost_sees_user_and_full_chain(mesh: Any) -> None:
     """outside -> gateway (edge port) -> orders -> payments, each a real server."""
-    payments_port = kit.serve("payments", Policy([Rule(
+    payments_port = mesh.serve("payments", Policy([Rule(
         methods=("*",), chains=(("gateway", "orders"),), scopes=("pay",))]))
-    orders_id = kit.identity("orders")
-    to_payments = kit.channel(payments_port, "payments", orders_id, require_user=True)
-    orders_port = kit.serve(
+    orders_id = mesh.identity("orders")
+    to_payments = mesh.channel(payments_port, "payments", orders_id, require_user=True)
+    orders_port = mesh.serve(
         "orders", Policy([Rule(methods=("*",), chains=(("gateway",),))]), source=orders_id,
         forward=lambda req: to_payments.unary_unary(UNARY)(req, timeout=5))
-    gateway_id = kit.identity("gateway")
-    to_orders = kit.channel(orders_port, "orders", gateway_id)
-    gateway_port = kit.serve(
+    gateway_id = mesh.identity("gateway")
+    to_orders = mesh.channel(orders_port, "orders", gateway_id)
+    gateway_port = mesh.serve(
         "gateway", Policy([Rule(methods=("*",), peers=("*",))]), source=gateway_id, edge=True,
         forward=lambda req: to_orders.unary_unary(UNARY)(req, timeout=5))
 
-    roots = (kit.folder("gateway") / "svid_bundle.pem").read_bytes()
+    roots = (mesh.folder("gateway") / "svid_bundle.pem").read_bytes()
     outside = grpc.secure_channel(
         f"127.0.0.1:{gateway_port}", grpc.ssl_channel_credentials(roots),
         options=[("grpc.ssl_target_name_override", "gateway.svc.mesh.internal")])
-    token = kit.user_token("alice", aud="gateway", scope="pay", roles=["buyer"])
+    token = mesh.user_token(sub="alice", aud="gateway", scope="pay", roles=["buyer"])
     reply = json.loads(outside.unary_unary(UNARY)(
         b"x", metadata=(("authorization", "Bearer " + token),), timeout=10))
     assert (reply["user"], reply["chain"], reply["peer"]) == ("alice", [], None)
@@ -50,7 +50,7 @@ def test_three_service_chain_innermost_sees_user_and_full_chain(kit: Any) -> Non
 
     # negative control: the same user without the scope is stopped at payments, and the
     # refusal travels back up as the handler's error
-    weak = kit.user_token("mallory", aud="gateway", scope="browse")
+    weak = mesh.user_token(sub="mallory", aud="gateway", scope="browse")
     with pytest.raises(grpc.RpcError) as exc:
         outside.unary_unary(UNARY)(b"x", metadata=(("authorization", "Bearer " + weak),),
                                    timeout=10)
@@ -58,12 +58,12 @@ def test_three_service_chain_innermost_sees_user_and_full_chain(kit: Any) -> Non
     outside.close()
 
 
-def test_rotation_under_continuous_traffic_has_zero_failed_calls(kit: Any) -> None:
-    orders_id = kit.identity("orders", poll=0.02).start()  # a server polls in the background
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+def test_rotation_under_continuous_traffic_has_zero_failed_calls(mesh: Any) -> None:
+    orders_id = mesh.identity("orders", poll=0.02).start()  # a server polls in the background
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
                                             require_user=False)]), source=orders_id)
-    gateway_id = kit.identity("gateway", poll=0.02)
-    channel = kit.channel(port, "orders", gateway_id)
+    gateway_id = mesh.identity("gateway", poll=0.02)
+    channel = mesh.channel(port, "orders", gateway_id)
     call = channel.unary_unary(UNARY)
     failures: list[BaseException] = []
     done = 0
@@ -85,8 +85,8 @@ def test_rotation_under_continuous_traffic_has_zero_failed_calls(kit: Any) -> No
         thumbs = {gateway_id.current().thumbprint}
         for round_ in range(1, 4):
             before = done
-            kit.rotate("gateway")
-            kit.rotate("orders")
+            mesh.rotate("gateway")
+            mesh.rotate("orders")
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and (
                 gateway_id.current().thumbprint in thumbs or done < before + 50
@@ -106,7 +106,7 @@ def test_rotation_under_continuous_traffic_has_zero_failed_calls(kit: Any) -> No
     assert seen["peer"] == "spiffe://mesh.internal/svc/gateway" and done > 150
 
 
-def test_bundle_update_is_picked_up_without_restart(kit: Any) -> None:
+def test_bundle_update_is_picked_up_without_restart(mesh: Any) -> None:
     """A service issued after its callee started is trusted at once (its key reaches the
     callee's bundle); a replica whose bundle never reloads is the negative control."""
     from mesh.tokens.signer import TokenSigner
@@ -115,23 +115,23 @@ def test_bundle_update_is_picked_up_without_restart(kit: Any) -> None:
 
     rule = Policy([Rule(methods=("*",), chains=(("gateway", "orders"),))])
     # the control reads a copy of today's bundle that nobody will update
-    copy = kit.root / "frozen"
+    copy = mesh.root / "frozen"
     copy.mkdir()
-    shutil.copy(kit.ca.bundle_path, copy / "bundle.spiffe.json")
-    shutil.copy(kit.ca.crl_path, copy / "crl.pem")
+    shutil.copy(mesh.ca.bundle_path, copy / "bundle.spiffe.json")
+    shutil.copy(mesh.ca.crl_path, copy / "crl.pem")
     frozen = FileBundleSource(copy / "bundle.spiffe.json", copy / "crl.pem")
-    fresh_port = kit.serve("payments", rule)
-    stale_port = kit.serve("payments", rule, bundle=frozen)
-    orders_id = kit.identity("orders")
-    to_fresh = kit.channel(fresh_port, "payments", orders_id)
-    to_stale = kit.channel(stale_port, "payments", orders_id)
+    fresh_port = mesh.serve("payments", rule)
+    stale_port = mesh.serve("payments", rule, bundle=frozen)
+    orders_id = mesh.identity("orders")
+    to_fresh = mesh.channel(fresh_port, "payments", orders_id)
+    to_stale = mesh.channel(stale_port, "payments", orders_id)
 
     # gateway joins the mesh only now, after both payments servers started
-    gateway = kit.ca.issue("gateway")
+    gateway = mesh.ca.issue("gateway")
     hop1 = TokenSigner(gateway.private_key, gateway.chain).app_asserted_token(
-        kit.user_token("alice", aud="gateway"), aud=kit.td.service("orders"))
+        mesh.user_token(sub="alice", aud="gateway"), aud=mesh.td.service("orders"))
     # act as orders handling gateway's call (exactly what its server interceptor does)
-    chain = ChainVerifier(kit.td.service("orders"), kit.bundle).verify(hop1, gateway.certificate)
+    chain = ChainVerifier(mesh.td.service("orders"), mesh.trust).verify(hop1, gateway.certificate)
     handle = enter_call(chain)
     try:
         seen = json.loads(to_fresh.unary_unary(UNARY)(b"x", timeout=5))

@@ -30,10 +30,10 @@ def echo_handler() -> grpc.GenericRpcHandler:
         "test.v1.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)})
 
 
-def test_health_goes_through_the_guard_on_the_registered_path(kit: Any) -> None:
-    port = kit.serve("orders", ANY_APP)
-    kit.identity("gateway")
-    folder = kit.folder("gateway")
+def test_health_goes_through_the_guard_on_the_registered_path(mesh: Any) -> None:
+    port = mesh.serve("orders", ANY_APP)
+    mesh.identity("gateway")
+    folder = mesh.folder("gateway")
     creds = grpc.ssl_channel_credentials((folder / "svid_bundle.pem").read_bytes(),
                                          (folder / "svid_key.pem").read_bytes(),
                                          (folder / "svid.pem").read_bytes())
@@ -42,7 +42,7 @@ def test_health_goes_through_the_guard_on_the_registered_path(kit: Any) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == (
         health_pb2.HealthCheckResponse.SERVING)
-    kit.ca.revoke(name="gateway")
+    mesh.ca.revoke(name="gateway")
     deadline = time.monotonic() + 5
     reason = ""
     while time.monotonic() < deadline and not reason:
@@ -60,10 +60,10 @@ def test_health_goes_through_the_guard_on_the_registered_path(kit: Any) -> None:
 
 
 
-def test_stream_in_flight_survives_a_rotation(kit: Any) -> None:
-    port = kit.serve("orders", ANY_APP)
-    gateway = kit.identity("gateway", poll=0)
-    channel = kit.channel(port, "orders", gateway)
+def test_stream_in_flight_survives_a_rotation(mesh: Any) -> None:
+    port = mesh.serve("orders", ANY_APP)
+    gateway = mesh.identity("gateway", poll=0)
+    channel = mesh.channel(port, "orders", gateway)
     release = threading.Event()
 
     def requests() -> Iterator[bytes]:
@@ -74,7 +74,7 @@ def test_stream_in_flight_survives_a_rotation(kit: Any) -> None:
     stream = channel.stream_stream(SVC + "Bidi")(requests(), timeout=10)
     first = json.loads(next(stream))
     assert first["echo"] == "before"
-    kit.rotate("gateway")
+    mesh.rotate("gateway")
     # a new call rotates the channel; the stream keeps the old connection until it ends
     assert json.loads(channel.unary_unary(SVC + "Unary")(b"x", timeout=5))["chain"] == [
         "gateway"]
@@ -84,44 +84,44 @@ def test_stream_in_flight_survives_a_rotation(kit: Any) -> None:
     assert rest == ["after"] and stream.code() == grpc.StatusCode.OK
 
 
-def test_future_calls_are_tracked_and_complete(kit: Any) -> None:
-    port = kit.serve("orders", ANY_APP)
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
+def test_future_calls_are_tracked_and_complete(mesh: Any) -> None:
+    port = mesh.serve("orders", ANY_APP)
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
     calls = [channel.unary_unary(SVC + "Unary").future(b"x", timeout=5) for _ in range(10)]
     assert all(json.loads(c.result())["peer"].endswith("/gateway") for c in calls)
     reply, call = channel.unary_unary(SVC + "Unary").with_call(b"x", timeout=5)
     assert call.code() == grpc.StatusCode.OK and json.loads(reply)["chain"] == ["gateway"]
 
 
-def test_aio_channel_follows_rotation(kit: Any) -> None:
-    port = kit.serve_aio("orders", ANY_APP)
-    gateway = kit.identity("gateway", poll=0)
-    channel = kit.aio_channel(port, "orders", gateway)
+def test_aio_channel_follows_rotation(mesh: Any) -> None:
+    port = mesh.serve_aio("orders", ANY_APP)
+    gateway = mesh.identity("gateway", poll=0)
+    channel = mesh.aio_channel(port, "orders", gateway)
 
     async def call() -> dict[str, Any]:
         reply = await channel.unary_unary(SVC + "Unary")(b"x", timeout=5)
         return dict(json.loads(reply))
 
-    before = kit.aio.run(call())
-    kit.rotate("gateway")
-    after = kit.aio.run(call())
+    before = mesh.aio.run(call())
+    mesh.rotate("gateway")
+    after = mesh.aio.run(call())
     assert before["chain"] == after["chain"] == ["gateway"]
     assert gateway.current().generation == 1
-    kit.aio.run(channel.close())
+    mesh.aio.run(channel.close())
 
 
 
 
-def test_asking_for_the_same_method_again_reuses_one_underlying_multicallable(kit: Any) -> None:
-    port = kit.serve("orders", ANY_APP)
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
+def test_asking_for_the_same_method_again_reuses_one_underlying_multicallable(mesh: Any) -> None:
+    port = mesh.serve("orders", ANY_APP)
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
     for _ in range(20):
         channel.unary_unary(SVC + "Unary")(b"x", timeout=5)
     channel.unary_stream(SVC + "ServerStream")
     assert len(channel._entry.callables) == 1  # no growth per multicallable asked for
 
 
-def test_registered_method_handlers_are_guarded_on_both_flavours(kit: Any) -> None:
+def test_registered_method_handlers_are_guarded_on_both_flavours(mesh: Any) -> None:
     """What generated add_XServicer_to_server() uses (grpcio >= 1.62): both server flavours wrap
     each registered handler with the guard; health, registered the same way, answers."""
     from mesh.transport.channel import AioMeshChannel
@@ -135,15 +135,15 @@ def test_registered_method_handlers_are_guarded_on_both_flavours(kit: Any) -> No
     async def awho(request: bytes, context: Any) -> bytes:
         return who(request, context)
 
-    gateway, inventory = kit.identity("gateway"), kit.identity("inventory")
-    sync_server = MeshServer(kit.identity("orders"), ANY_APP, kit.bundle, max_workers=4)
+    gateway, inventory = mesh.identity("gateway"), mesh.identity("inventory")
+    sync_server = MeshServer(mesh.identity("orders"), ANY_APP, mesh.trust, max_workers=4)
     sync_server.add_registered_method_handlers(
         "test.v1.Reg", {"Who": grpc.unary_unary_rpc_method_handler(who)})
     sync_port = sync_server.add_port("127.0.0.1:0")
     sync_server.start()
 
     async def run_aio() -> list[Any]:
-        server = AioMeshServer(kit.identity("orders"), ANY_APP, kit.bundle)
+        server = AioMeshServer(mesh.identity("orders"), ANY_APP, mesh.trust)
         server.add_registered_method_handlers(
             "test.v1.Reg", {"Who": grpc.unary_unary_rpc_method_handler(awho)})
         port = server.add_port("127.0.0.1:0")
@@ -169,11 +169,11 @@ def test_registered_method_handlers_are_guarded_on_both_flavours(kit: Any) -> No
         results = []
         for source in (gateway, inventory):
             try:
-                results.append(kit.channel(sync_port, "orders", source).unary_unary(
+                results.append(mesh.channel(sync_port, "orders", source).unary_unary(
                     "/test.v1.Reg/Who")(b"", timeout=5))
             except grpc.RpcError as err:
                 results.append(error_info(err).reason)
         assert results == [b"gateway", "PEER_NOT_ALLOWED"]
     finally:
         sync_server.stop(None)
-    assert kit.aio.run(run_aio()) == [b"gateway", True, "PEER_NOT_ALLOWED"]
+    assert mesh.aio.run(run_aio()) == [b"gateway", True, "PEER_NOT_ALLOWED"]

@@ -24,8 +24,8 @@ UNARY = "/test.v1.Echo/Unary"
 PEM = serialization.Encoding.PEM
 
 
-def pem_files(kit: Any, name: str) -> tuple[bytes, bytes, bytes]:
-    folder = kit.folder(name)
+def pem_files(mesh: Any, name: str) -> tuple[bytes, bytes, bytes]:
+    folder = mesh.folder(name)
     return tuple((folder / f).read_bytes() for f in ("svid.pem", "svid_key.pem",  # type: ignore[return-value]
                                                      "svid_bundle.pem"))
 
@@ -48,24 +48,24 @@ def app_policy(*peers: str) -> Policy:
     return Policy([Rule(methods=("*",), peers=peers, require_user=False)])
 
 
-def test_no_client_certificate_fails_the_handshake(kit: Any) -> None:
-    port = kit.serve("orders", app_policy("gateway"))
-    _, _, roots = pem_files(kit, "orders")
+def test_no_client_certificate_fails_the_handshake(mesh: Any) -> None:
+    port = mesh.serve("orders", app_policy("gateway"))
+    _, _, roots = pem_files(mesh, "orders")
     plain = raw_channel(port, "orders.svc.mesh.internal", key=None, chain=None, roots=roots)
     code, reason = fails(lambda: plain.unary_unary(UNARY)(b"x", timeout=5))
     assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "")  # NOTES: handshake failure
     # control: the same server answers a caller with a certificate
-    ok = kit.channel(port, "orders", kit.identity("gateway")).unary_unary(UNARY)(b"x", timeout=5)
+    ok = mesh.channel(port, "orders", mesh.identity("gateway")).unary_unary(UNARY)(b"x", timeout=5)
     assert json.loads(ok)["peer"].endswith("/svc/gateway")
     plain.close()
 
 
-def test_certificate_from_another_ca_fails_the_handshake(kit: Any, ca_factory: Any,
+def test_certificate_from_another_ca_fails_the_handshake(mesh: Any, ca_factory: Any,
                                                          tmp_path: Any) -> None:
-    port = kit.serve("orders", app_policy("*"))
+    port = mesh.serve("orders", app_policy("*"))
     rogue_ca = ca_factory()
     rogue = rogue_ca.issue("gateway")  # same name, same trust domain, wrong issuer
-    _, _, our_roots = pem_files(kit, "orders")
+    _, _, our_roots = pem_files(mesh, "orders")
     key = rogue.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption())
     chain = b"".join(c.public_bytes(PEM) for c in rogue.chain)
@@ -76,12 +76,12 @@ def test_certificate_from_another_ca_fails_the_handshake(kit: Any, ca_factory: A
     channel.close()
 
 
-def test_revoked_certificate_is_refused_even_on_an_open_connection(kit: Any) -> None:
-    port = kit.serve("orders", app_policy("gateway"))
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
+def test_revoked_certificate_is_refused_even_on_an_open_connection(mesh: Any) -> None:
+    port = mesh.serve("orders", app_policy("gateway"))
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
     call = channel.unary_unary(UNARY)
     assert json.loads(call(b"x", timeout=5))["chain"] == ["gateway"]  # control
-    kit.ca.revoke(name="gateway")
+    mesh.ca.revoke(name="gateway")
     deadline = time.monotonic() + 5
     result: tuple[grpc.StatusCode, str] = (grpc.StatusCode.OK, "")
     while time.monotonic() < deadline:  # the CRL file is re-read within check_interval
@@ -95,20 +95,20 @@ def test_revoked_certificate_is_refused_even_on_an_open_connection(kit: Any) -> 
     assert result == (grpc.StatusCode.UNAUTHENTICATED, "CERT_REVOKED")
 
 
-def test_stolen_token_replayed_over_another_services_connection(kit: Any) -> None:
-    port = kit.serve("orders", app_policy("gateway", "inventory"))
-    kit.identity("gateway")
-    gateway = kit.ca.issue("gateway")  # the victim's current identity
-    gateway.write_to(kit.folder("gateway"))
-    stolen = TokenSigner(gateway.private_key, gateway.chain).app_token(kit.td.service("orders"))
-    kit.identity("inventory")
-    chain, key, roots = pem_files(kit, "inventory")
+def test_stolen_token_replayed_over_another_services_connection(mesh: Any) -> None:
+    port = mesh.serve("orders", app_policy("gateway", "inventory"))
+    mesh.identity("gateway")
+    gateway = mesh.ca.issue("gateway")  # the victim's current identity
+    gateway.write_to(mesh.folder("gateway"))
+    stolen = TokenSigner(gateway.private_key, gateway.chain).app_token(mesh.td.service("orders"))
+    mesh.identity("inventory")
+    chain, key, roots = pem_files(mesh, "inventory")
     thief = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
     md = (("authorization", "Bearer " + stolen),)
     assert fails(lambda: thief.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "PEER_MISMATCH")
     # control: over the victim's own connection the same token is accepted
-    gw_chain, gw_key, _ = pem_files(kit, "gateway")
+    gw_chain, gw_key, _ = pem_files(mesh, "gateway")
     victim = raw_channel(port, "orders.svc.mesh.internal", key=gw_key, chain=gw_chain,
                          roots=roots)
     assert json.loads(victim.unary_unary(UNARY)(b"x", metadata=md, timeout=5))["chain"] == [
@@ -117,56 +117,56 @@ def test_stolen_token_replayed_over_another_services_connection(kit: Any) -> Non
     victim.close()
 
 
-def test_call_without_token_is_unauthenticated(kit: Any) -> None:
-    port = kit.serve("orders", app_policy("inventory"))
-    kit.identity("inventory")
-    chain, key, roots = pem_files(kit, "inventory")
+def test_call_without_token_is_unauthenticated(mesh: Any) -> None:
+    port = mesh.serve("orders", app_policy("inventory"))
+    mesh.identity("inventory")
+    chain, key, roots = pem_files(mesh, "inventory")
     channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
     assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
     channel.close()
 
 
-def test_chain_that_skipped_a_required_hop(kit: Any, as_user_call: Any) -> None:
+def test_chain_that_skipped_a_required_hop(mesh: Any) -> None:
     payments_policy = Policy([Rule(methods=("*",), chains=(("gateway", "orders"),))])
-    payments_port = kit.serve("payments", payments_policy)
-    orders_id = kit.identity("orders")
-    to_payments = kit.channel(payments_port, "payments", orders_id)
-    orders_port = kit.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),))]),
+    payments_port = mesh.serve("payments", payments_policy)
+    orders_id = mesh.identity("orders")
+    to_payments = mesh.channel(payments_port, "payments", orders_id)
+    orders_port = mesh.serve("orders", Policy([Rule(methods=("*",), chains=(("gateway",),))]),
                             source=orders_id,
                             forward=lambda req: to_payments.unary_unary(UNARY)(req, timeout=5))
-    gateway = kit.identity("gateway")
-    token = kit.user_token("alice")
-    with as_user_call("gateway", token):
+    gateway = mesh.identity("gateway")
+    token = mesh.user_token(sub="alice")
+    with mesh.as_user_call("gateway", token):
         # the attack: gateway calls payments directly, skipping orders
-        skipped = kit.channel(payments_port, "payments", gateway)
+        skipped = mesh.channel(payments_port, "payments", gateway)
         assert fails(lambda: skipped.unary_unary(UNARY)(b"x", timeout=5)) == (
             grpc.StatusCode.PERMISSION_DENIED, "CHAIN_NOT_ALLOWED")
         # control: through orders it is allowed
-        via_orders = kit.channel(orders_port, "orders", gateway)
+        via_orders = mesh.channel(orders_port, "orders", gateway)
         seen = json.loads(via_orders.unary_unary(UNARY)(b"x", timeout=5))
     assert seen["downstream"]["chain"] == ["gateway", "orders"]
 
 
-def test_user_missing_a_scope(kit: Any, as_user_call: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+def test_user_missing_a_scope(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
                                             scopes=("orders:write",))]))
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
-    with as_user_call("gateway", kit.user_token("alice", scope="orders:read")):
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
+    with mesh.as_user_call("gateway", mesh.user_token(sub="alice", scope="orders:read")):
         assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
             grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
-    with as_user_call("gateway", kit.user_token("bob", scope="orders:read orders:write")):
+    with mesh.as_user_call("gateway", mesh.user_token(sub="bob", scope="orders:read orders:write")):
         assert json.loads(channel.unary_unary(UNARY)(b"x", timeout=5))["user"] == "bob"
 
 
-def test_expired_token_is_refused_by_the_callee(kit: Any) -> None:
-    port = kit.serve("orders", app_policy("gateway"))
-    kit.identity("gateway")
-    gateway = kit.ca.issue("gateway")
-    gateway.write_to(kit.folder("gateway"))
-    chain, key, roots = pem_files(kit, "gateway")
+def test_expired_token_is_refused_by_the_callee(mesh: Any) -> None:
+    port = mesh.serve("orders", app_policy("gateway"))
+    mesh.identity("gateway")
+    gateway = mesh.ca.issue("gateway")
+    gateway.write_to(mesh.folder("gateway"))
+    chain, key, roots = pem_files(mesh, "gateway")
     channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
-    orders = kit.td.service("orders")
+    orders = mesh.td.service("orders")
     past = TokenSigner(gateway.private_key, gateway.chain, clock=lambda: time.time() - 120)
     md = (("authorization", "Bearer " + past.app_token(orders, ttl=60)),)
     assert fails(lambda: channel.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
@@ -177,27 +177,27 @@ def test_expired_token_is_refused_by_the_callee(kit: Any) -> None:
     channel.close()
 
 
-def test_method_without_rule_is_denied_by_default(kit: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("/other.v1.Svc/Get",), peers=("*",),
+def test_method_without_rule_is_denied_by_default(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("/other.v1.Svc/Get",), peers=("*",),
                                             require_user=False)]))
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
     assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
         grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE")
 
 
-def test_client_refuses_to_call_without_user_when_required(kit: Any, as_user_call: Any) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",))]))
-    channel = kit.channel(port, "orders", kit.identity("gateway"), require_user=True)
+def test_client_refuses_to_call_without_user_when_required(mesh: Any) -> None:
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",))]))
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"), require_user=True)
     with pytest.raises(UserRequiredError, match="require an end user"):
         channel.unary_unary(UNARY)(b"x", timeout=5)
-    with as_user_call("gateway", kit.user_token("alice")):  # control
+    with mesh.as_user_call("gateway", mesh.user_token(sub="alice")):  # control
         assert json.loads(channel.unary_unary(UNARY)(b"x", timeout=5))["user"] == "alice"
 
 
-def test_health_needs_mtls_but_no_token(kit: Any) -> None:
-    port = kit.serve("orders", app_policy("inventory"))  # gateway is not even allowed
-    gateway = kit.identity("gateway")
-    chain, key, roots = pem_files(kit, "gateway")
+def test_health_needs_mtls_but_no_token(mesh: Any) -> None:
+    port = mesh.serve("orders", app_policy("inventory"))  # gateway is not even allowed
+    gateway = mesh.identity("gateway")
+    chain, key, roots = pem_files(mesh, "gateway")
     with_cert = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
     stub = health_pb2_grpc.HealthStub(with_cert)
     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -207,27 +207,27 @@ def test_health_needs_mtls_but_no_token(kit: Any) -> None:
         health_pb2.HealthCheckRequest(service=""), timeout=5))
     assert code == grpc.StatusCode.UNAVAILABLE
     # the same gateway is refused on a real method: health is the only tokenless door
-    assert fails(lambda: kit.channel(port, "orders", gateway).unary_unary(UNARY)(
+    assert fails(lambda: mesh.channel(port, "orders", gateway).unary_unary(UNARY)(
         b"x", timeout=5)) == (grpc.StatusCode.PERMISSION_DENIED, "PEER_NOT_ALLOWED")
     with_cert.close()
     without.close()
 
 
-def test_edge_port_accepts_user_tokens_only(kit: Any) -> None:
-    port = kit.serve("gateway", Policy([Rule(methods=("*",), peers=("*",))]), edge=True)
-    _, _, roots = pem_files(kit, "gateway")
+def test_edge_port_accepts_user_tokens_only(mesh: Any) -> None:
+    port = mesh.serve("gateway", Policy([Rule(methods=("*",), peers=("*",))]), edge=True)
+    _, _, roots = pem_files(mesh, "gateway")
     outside = raw_channel(port, "gateway.svc.mesh.internal", key=None, chain=None, roots=roots)
-    md = (("authorization", "Bearer " + kit.user_token("alice", aud="gateway")),)
+    md = (("authorization", "Bearer " + mesh.user_token(sub="alice", aud="gateway")),)
     seen = json.loads(outside.unary_unary(UNARY)(b"x", metadata=md, timeout=5))
     assert (seen["user"], seen["peer"], seen["chain"]) == ("alice", None, [])
     # a service token is rejected at an edge port
-    inv = kit.ca.issue("inventory")
-    app = TokenSigner(inv.private_key, inv.chain).app_token(kit.td.service("gateway"))
+    inv = mesh.ca.issue("inventory")
+    app = TokenSigner(inv.private_key, inv.chain).app_token(mesh.td.service("gateway"))
     code, reason = fails(lambda: outside.unary_unary(UNARY)(
         b"x", metadata=(("authorization", "Bearer " + app),), timeout=5))
     assert code == grpc.StatusCode.UNAUTHENTICATED and reason == "TYPE_MISMATCH"
     # a user token for another service is rejected too
-    other = (("authorization", "Bearer " + kit.user_token("alice", aud="orders")),)
+    other = (("authorization", "Bearer " + mesh.user_token(sub="alice", aud="orders")),)
     assert fails(lambda: outside.unary_unary(UNARY)(b"x", metadata=other, timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "AUDIENCE_MISMATCH")
     outside.close()

@@ -32,14 +32,14 @@ UNARY = "/test.v1.Echo/Unary"
 ANY = Policy([Rule(methods=("*",), peers=("*",), require_user=False)])
 
 
-def test_folder_reloads_only_a_consistent_set(kit: Any) -> None:
-    source = kit.identity("orders", poll=0)
+def test_folder_reloads_only_a_consistent_set(mesh: Any) -> None:
+    source = mesh.identity("orders", poll=0)
     first = source.current()
-    assert first.spiffe_id == kit.td.service("orders") and first.generation == 0
+    assert first.spiffe_id == mesh.td.service("orders") and first.generation == 0
     assert source.current() is first  # unchanged files: same snapshot
-    renewed = kit.ca.renew("orders")
+    renewed = mesh.ca.renew("orders")
     # a writer caught half-way: new certificate, old key
-    folder = kit.folder("orders")
+    folder = mesh.folder("orders")
     (folder / "svid.pem").write_bytes(b"".join(
         c.public_bytes(serialization.Encoding.PEM) for c in renewed.chain))
     assert source.current() is first  # key does not match: the old identity stays
@@ -49,30 +49,30 @@ def test_folder_reloads_only_a_consistent_set(kit: Any) -> None:
     assert second.leaf == renewed.certificate
 
 
-def test_folder_notifies_listeners_from_its_watcher(kit: Any) -> None:
-    source = kit.identity("orders", poll=0.01)
+def test_folder_notifies_listeners_from_its_watcher(mesh: Any) -> None:
+    source = mesh.identity("orders", poll=0.01)
     seen: list[int] = []
     changed = threading.Event()
     source.subscribe(lambda svid: (seen.append(svid.generation), changed.set()))
     source.start()
     try:
-        kit.rotate("orders")
+        mesh.rotate("orders")
         assert changed.wait(5)
     finally:
         source.stop()
     assert seen == [1]
 
 
-def test_folder_refuses_a_broken_first_load(kit: Any, tmp_path: Path) -> None:
+def test_folder_refuses_a_broken_first_load(mesh: Any, tmp_path: Path) -> None:
     with pytest.raises(SvidFileError, match="cannot stat"):
         X509SvidFolder(tmp_path / "missing")
-    kit.identity("orders")
-    kit.identity("gateway")
+    mesh.identity("orders")
+    mesh.identity("gateway")
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for name, src in (("svid.pem", "orders"), ("svid_key.pem", "gateway"),
                       ("svid_bundle.pem", "orders")):
-        (mixed / name).write_bytes((kit.folder(src) / name).read_bytes())
+        (mixed / name).write_bytes((mesh.folder(src) / name).read_bytes())
     os.chmod(mixed / "svid_key.pem", 0o600)
     with pytest.raises(SvidKeyMismatchError, match="does not belong"):
         X509SvidFolder(mixed)
@@ -81,7 +81,7 @@ def test_folder_refuses_a_broken_first_load(kit: Any, tmp_path: Path) -> None:
         X509SvidFolder(mixed)
 
 
-def test_build_svid_refuses_garbage_and_a_certificate_without_spiffe_id(kit: Any) -> None:
+def test_build_svid_refuses_garbage_and_a_certificate_without_spiffe_id(mesh: Any) -> None:
     import datetime
 
     from cryptography import x509
@@ -89,8 +89,8 @@ def test_build_svid_refuses_garbage_and_a_certificate_without_spiffe_id(kit: Any
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    roots = kit.ca.roots_path.read_bytes()
-    issued = kit.ca.issue("orders")
+    roots = mesh.ca.roots_path.read_bytes()
+    issued = mesh.ca.issue("orders")
     pem = serialization.Encoding.PEM
     key_pem = issued.private_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption())
@@ -107,13 +107,13 @@ def test_build_svid_refuses_garbage_and_a_certificate_without_spiffe_id(kit: Any
     with pytest.raises(SvidNotSpiffeError, match=r"not an X\.509-SVID"):
         build_svid(plain.public_bytes(pem), key.private_bytes(
             pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), roots)
-    src = StaticSvid(issued.chain, issued.private_key, kit.ca.roots)
-    assert src.current().spiffe_id == kit.td.service("orders")
+    src = StaticSvid(issued.chain, issued.private_key, mesh.ca.roots)
+    assert src.current().spiffe_id == mesh.td.service("orders")
     assert src.current().leaf == issued.certificate
 
 
-def test_mesh_server_refuses_to_serve_without_mutual_tls(kit: Any) -> None:
-    server = MeshServer(kit.identity("orders"), ANY, kit.bundle)
+def test_mesh_server_refuses_to_serve_without_mutual_tls(mesh: Any) -> None:
+    server = MeshServer(mesh.identity("orders"), ANY, mesh.trust)
     with pytest.raises(InsecureServerError, match="plaintext"):
         server.add_insecure_port("127.0.0.1:0")
     with pytest.raises(InsecureServerError, match="did not build"):
@@ -124,37 +124,37 @@ def test_mesh_server_refuses_to_serve_without_mutual_tls(kit: Any) -> None:
 
 
 def test_a_server_without_a_crl_says_revocation_is_off(
-    kit: Any, caplog: pytest.LogCaptureFixture
+    mesh: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     from mesh.identity.bundle import FileBundleSource
 
-    no_crl = FileBundleSource(kit.ca.bundle_path)
-    assert not no_crl.checks_revocation and kit.bundle.checks_revocation
+    no_crl = FileBundleSource(mesh.ca.bundle_path)
+    assert not no_crl.checks_revocation and mesh.trust.checks_revocation
     with caplog.at_level(logging.WARNING, logger="mesh.transport.server"):
-        MeshServer(kit.identity("orders"), ANY, no_crl)
+        MeshServer(mesh.identity("orders"), ANY, no_crl)
     assert any("no CRL" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    # control: the kit's bundle has the CA's crl.pem, and nothing is said
+    # control: the mesh's bundle has the CA's crl.pem, and nothing is said
     with caplog.at_level(logging.WARNING, logger="mesh.transport.server"):
-        MeshServer(kit.identity("orders"), ANY, kit.bundle)
+        MeshServer(mesh.identity("orders"), ANY, mesh.trust)
     assert not any("no CRL" in r.getMessage() for r in caplog.records)
 
 
-def test_policy_for_another_trust_domain_is_refused(kit: Any) -> None:
+def test_policy_for_another_trust_domain_is_refused(mesh: Any) -> None:
     with pytest.raises(ServerConfigError, match="trust domain"):
-        MeshServer(kit.identity("orders"), Policy([], trust_domain="other.td"), kit.bundle)
+        MeshServer(mesh.identity("orders"), Policy([], trust_domain="other.td"), mesh.trust)
 
 
-def test_audit_line_per_decision_never_holds_a_token(kit: Any, as_user_call: Any,
+def test_audit_line_per_decision_never_holds_a_token(mesh: Any,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    port = kit.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
+    port = mesh.serve("orders", Policy([Rule(methods=("*",), peers=("gateway",),
                                             scopes=("s",), name="scoped")]))
-    channel = kit.channel(port, "orders", kit.identity("gateway"))
-    token = kit.user_token("alice", scope="s")
+    channel = mesh.channel(port, "orders", mesh.identity("gateway"))
+    token = mesh.user_token(sub="alice", scope="s")
     caplog.set_level(logging.INFO, logger=LOGGER_NAME)
-    with as_user_call("gateway", token):
+    with mesh.as_user_call("gateway", token):
         channel.unary_unary(UNARY)(b"x", timeout=5)
-    with as_user_call("gateway", kit.user_token("bob")), pytest.raises(grpc.RpcError):
+    with mesh.as_user_call("gateway", mesh.user_token(sub="bob")), pytest.raises(grpc.RpcError):
         channel.unary_unary(UNARY)(b"x", timeout=5)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == LOGGER_NAME]
     assert [(x["user"], x["decision"], x["reason"], x["rule"]) for x in lines] == [
@@ -165,12 +165,11 @@ def test_audit_line_per_decision_never_holds_a_token(kit: Any, as_user_call: Any
     assert "eyJ" not in text and token not in text  # no JWS, not even a header
 
 
-def test_context_is_cleared_outside_calls_and_survives_copy_context(kit: Any,
-                                                                   as_user_call: Any) -> None:
+def test_context_is_cleared_outside_calls_and_survives_copy_context(mesh: Any) -> None:
     import contextvars
 
     assert current_call() is None
-    with as_user_call("gateway", kit.user_token("alice")):
+    with mesh.as_user_call("gateway", mesh.user_token(sub="alice")):
         ctx = contextvars.copy_context()
         seen: list[Any] = []
         worker = threading.Thread(target=lambda: seen.append(current_call()))
@@ -184,14 +183,14 @@ def test_context_is_cleared_outside_calls_and_survives_copy_context(kit: Any,
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602, 0o620, 0o610, 0o601])
-def test_key_file_open_to_other_users_is_refused(kit: Any, mode: int) -> None:
+def test_key_file_open_to_other_users_is_refused(mesh: Any, mode: int) -> None:
     """DESIGN 2: svid_key.pem is 0600. Any group/other bit (read, write or execute) refuses
     the first load, with the rule and the fix in the message and no key material."""
-    kit.identity("orders")
-    key = kit.folder("orders") / "svid_key.pem"
+    mesh.identity("orders")
+    key = mesh.folder("orders") / "svid_key.pem"
     os.chmod(key, mode)
     with pytest.raises(SvidKeyPermissionError) as info:
-        X509SvidFolder(kit.folder("orders"))
+        X509SvidFolder(mesh.folder("orders"))
     text = str(info.value)
     assert f"mode {mode:04o}" in text and "open to other users" in text
     assert "chmod 600" in text and "PRIVATE KEY" not in text
@@ -199,21 +198,21 @@ def test_key_file_open_to_other_users_is_refused(kit: Any, mode: int) -> None:
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o400, 0o700])
-def test_key_file_closed_to_other_users_loads(kit: Any, mode: int) -> None:
+def test_key_file_closed_to_other_users_loads(mesh: Any, mode: int) -> None:
     """Negative control: owner-only modes load."""
-    kit.identity("orders")
-    os.chmod(kit.folder("orders") / "svid_key.pem", mode)
-    assert X509SvidFolder(kit.folder("orders")).current().spiffe_id == kit.td.service("orders")
+    mesh.identity("orders")
+    os.chmod(mesh.folder("orders") / "svid_key.pem", mode)
+    assert X509SvidFolder(mesh.folder("orders")).current().spiffe_id == mesh.td.service("orders")
 
 
 def test_reload_with_key_open_to_other_users_keeps_the_identity(
-        kit: Any, caplog: pytest.LogCaptureFixture) -> None:
+        mesh: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A rotation that lands a group-readable key is not taken: the old identity stays, a
     warning names the rule; fixing the mode (a chmod alone) lets the next poll take it."""
-    source = kit.identity("orders", poll=0)
+    source = mesh.identity("orders", poll=0)
     first = source.current()
-    folder = kit.folder("orders")
-    renewed = kit.ca.renew("orders")
+    folder = mesh.folder("orders")
+    renewed = mesh.ca.renew("orders")
     renewed.write_to(folder)
     os.chmod(folder / "svid_key.pem", 0o644)
     caplog.set_level(logging.WARNING, logger="mesh.identity.svid")
