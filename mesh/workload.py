@@ -114,8 +114,11 @@ class Workload:
                 "check_revocation=False"
             )
         source = X509SvidFolder(folder, poll_interval=poll_interval)
-        trust = FileBundleSource(Path(bundle) if bundle is not None else folder / BUNDLE_FILE,
-                                 crl_path, trust_domain=source.spiffe_id.trust_domain)
+        bundle_path = Path(bundle) if bundle is not None else folder / BUNDLE_FILE
+        # The bundle names its own trust domain (its anchors' SPIFFE IDs), so a bundle of
+        # another domain shows as a mismatch; only anchors without one take the SVID's.
+        trust = FileBundleSource(bundle_path, crl_path,
+                                 fallback_trust_domain=source.spiffe_id.trust_domain)
         workload = cls(source, trust, check_revocation=check_revocation)
         source.start()
         return workload

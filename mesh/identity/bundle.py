@@ -328,12 +328,16 @@ class FileBundleSource:
         crl_path: str | os.PathLike[str] | None = None,
         *,
         trust_domain: TrustDomain | str | None = None,
+        fallback_trust_domain: TrustDomain | None = None,
         check_interval: float = 1.0,
         unknown_kid_interval: float = 1.0,
     ) -> None:
         self._path = Path(path)
         self._crl_path = Path(crl_path) if crl_path is not None else None
+        # trust_domain overrides what the anchors say; fallback_trust_domain only stands in
+        # for anchors that carry no SPIFFE ID.
         self._td_hint = TrustDomain(trust_domain) if isinstance(trust_domain, str) else trust_domain
+        self._td_fallback = fallback_trust_domain
         self._check_interval = check_interval
         self._unknown_kid_interval = unknown_kid_interval
         self._lock = threading.Lock()
@@ -529,7 +533,7 @@ class FileBundleSource:
             anchors.append(certs[0])
         if not anchors:
             raise BundleError(f"the trust bundle {path} has no usable x509-svid trust anchor")
-        td = self._td_hint or _trust_domain_of(anchors)
+        td = self._td_hint or _trust_domain_of(anchors) or self._td_fallback
         if td is None:
             raise BundleError(
                 f"the trust bundle {path}'s anchors carry no SPIFFE ID: pass the trust domain "

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from mesh.identity.spiffeid import SpiffeId, TrustDomain
+from mesh.identity.spiffeid import SpiffeId, TrustDomain, spiffe_id
 from mesh.identity.svid import Svid, SvidSource
 from mesh.transport.aio_client import aio_client_interceptors
 from mesh.transport.credentials import channel_credentials
@@ -35,13 +35,16 @@ Options = Sequence[tuple[str, Any]]
 
 
 def callee_identity(service: str | SpiffeId, trust_domain: TrustDomain) -> tuple[SpiffeId, str]:
-    """The callee's SPIFFE ID and the DNS name to pin for it."""
-    if isinstance(service, SpiffeId):
-        name = service.service_name
-        if name is None:
-            raise ServerConfigError(f"{service} is not a mesh service ID (spiffe://td/svc/NAME)")
-        return service, f"{name}.svc.{service.trust_domain}"
-    return trust_domain.service(service), trust_domain.service_dns_name(service)
+    """The callee's SPIFFE ID (any accepted form: a name, ``spiffe://...`` or a SpiffeId) and
+    the DNS name to pin for it; only services (``spiffe://td/svc/NAME``) can be called."""
+    sid = spiffe_id(service, trust_domain)
+    name = sid.service_name
+    if name is None:
+        raise ServerConfigError(
+            f"{sid} is not a mesh service ID (spiffe://<td>/svc/<NAME>): a client can only pin "
+            "a service's DNS name <NAME>.svc.<td> (spec 1)"
+        )
+    return sid, f"{name}.svc.{sid.trust_domain}"
 
 
 class _Settings:
