@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,10 +165,6 @@ def _x5c(entry: Mapping[str, Any]) -> list[x509.Certificate]:
 
 def _revocation_id(cert: x509.Certificate) -> tuple[bytes, int]:
     return cert.issuer.public_bytes(), cert.serial_number
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _trust_domain_of(anchors: Sequence[x509.Certificate]) -> TrustDomain | None:
@@ -330,8 +326,12 @@ class FileBundleSource:
         trust_domain: TrustDomain | str | None = None,
         check_interval: float = 1.0,
         unknown_kid_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = Path(path)
+        # The time certificate chains are validated at (Unix seconds). A verifier on a fake or
+        # fixed clock (tests, conformance vectors) must give its bundle source the same one.
+        self._clock = clock
         self._crl_path = Path(crl_path) if crl_path is not None else None
         self._td_hint = TrustDomain(trust_domain) if isinstance(trust_domain, str) else trust_domain
         self._check_interval = check_interval
@@ -429,7 +429,7 @@ class FileBundleSource:
             )
         try:
             path = _verify_leaf(
-                snap.store, leaf, [*chain[1:], *snap.intermediates], _utcnow()
+                snap.store, leaf, [*chain[1:], *snap.intermediates], self._now()
             )
         except VerificationError as err:
             raise CertificateUntrusted(
@@ -448,6 +448,9 @@ class FileBundleSource:
         return spiffe_id
 
     # --- loading ------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     def refresh(self) -> bool:
         """Re-read the files now if they changed; True if a new snapshot was installed."""
@@ -548,7 +551,7 @@ class FileBundleSource:
                 "back removed keys or anchors), so the newer one is kept"
             )
         store = Store(anchors)
-        now = _utcnow()
+        now = self._now()
 
         keys: dict[str, BundleKey] = {}
         rejected: dict[str, str] = {}
