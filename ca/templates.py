@@ -1,6 +1,6 @@
 """Certificate builders: the root, the intermediate and the X.509-SVID leaf profile.
 
-The leaf profile is DESIGN section 1, field by field: one URI SAN (the SPIFFE ID), the
+The leaf profile is spec 1.2, field by field: one URI SAN (the SPIFFE ID), the
 service's DNS name plus only the extra names asked for, ``CA:false`` critical, KeyUsage
 ``digitalSignature`` critical, EKU serverAuth + clientAuth, SKI and AKI, a random positive
 128-bit serial, ECDSA P-256 signed with SHA-256.

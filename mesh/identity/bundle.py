@@ -1,6 +1,6 @@
 """Where verifiers find trust anchors, token-signing keys and revocations.
 
-:class:`FileBundleSource` reads the trust domain's ``bundle.spiffe.json`` (DESIGN 2: SPIFFE Trust
+:class:`FileBundleSource` reads the trust domain's ``bundle.spiffe.json`` (spec 2.2: SPIFFE Trust
 Domain and Bundle format) and, optionally, a PEM CRL. Nothing in the bundle is taken on faith:
 
 - ``x509-svid`` entries are the trust anchors (one certificate each, whose key is the entry's);
@@ -85,7 +85,7 @@ class BundleSource(Protocol):
 
     @property
     def checks_revocation(self) -> bool:
-        """Whether a CRL is consulted at all (False: DESIGN 4.1's "not revoked" is unchecked)."""
+        """Whether a CRL is consulted at all (False: spec 4.1's "not revoked" is unchecked)."""
         ...
 
     def key_for(self, kid: str) -> BundleKey | None: ...
@@ -413,19 +413,19 @@ class FileBundleSource:
         the leaf's SPIFFE ID; raises CertificateUntrusted or CertificateRevoked.
         """
         if not chain:
-            raise CertificateUntrusted("no certificate was presented (DESIGN 4.1)")
+            raise CertificateUntrusted("no certificate was presented (spec 4.1)")
         snap = self._snapshot()
         leaf = chain[0]
         try:
             spiffe_id = spiffe_id_of(leaf)
         except InvalidSpiffeIdError as err:
             raise CertificateUntrusted(
-                f"the certificate does not carry exactly one valid SPIFFE ID ({err}) (DESIGN 4.1)"
+                f"the certificate does not carry exactly one valid SPIFFE ID ({err}) (spec 4.1)"
             ) from err
         if not spiffe_id.member_of(snap.trust_domain):
             raise CertificateUntrusted(
                 f"the certificate's SPIFFE ID {spiffe_id} is not in the trust domain "
-                f"{snap.trust_domain} (DESIGN 4.1)"
+                f"{snap.trust_domain} (spec 4.1)"
             )
         try:
             path = _verify_leaf(
@@ -434,7 +434,7 @@ class FileBundleSource:
         except VerificationError as err:
             raise CertificateUntrusted(
                 f"the certificate of {spiffe_id} does not chain to the trust anchors of "
-                f"{snap.trust_domain} or is not valid now ({_short(err)}) (DESIGN 4.1)"
+                f"{snap.trust_domain} or is not valid now ({_short(err)}) (spec 4.1)"
             ) from err
         for i, cert in enumerate(path[:-1]):  # the anchor itself is trusted by configuration
             if (snap.revoked and _revocation_id(cert) in snap.revoked) or _pending_revokes(
@@ -443,7 +443,7 @@ class FileBundleSource:
                 what = "certificate" if cert is path[0] else "issuing CA certificate"
                 raise CertificateRevoked(
                     f"the {what} of {spiffe_id} (serial {cert.serial_number:x}) is revoked by "
-                    "the CRL (DESIGN 4.1)"
+                    "the CRL (spec 4.1)"
                 )
         return spiffe_id
 
