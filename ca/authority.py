@@ -50,6 +50,8 @@ from ca.errors import (
 from ca.registry import SCHEMA_VERSION, CertRecord, Registry
 from ca.svid import IssuedSVID
 from ca.templates import (
+    INTERMEDIATE_LIFETIME,
+    ROOT_LIFETIME,
     IPAddress,
     authority_key_id,
     build_intermediate,
@@ -124,13 +126,21 @@ class CertificateAuthority:
         ca_dir: Path,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         intermediate: bool = False,
+        *,
+        root_lifetime: timedelta = ROOT_LIFETIME,
+        intermediate_lifetime: timedelta = INTERMEDIATE_LIFETIME,
     ) -> CertificateAuthority:
         """Create a CA in ``ca_dir`` (missing or empty). Refuses to touch an existing CA.
 
         The folder is built under a temporary name beside it and renamed into place, so a
-        crash or a concurrent ``init`` never leaves a half-made CA.
+        crash or a concurrent ``init`` never leaves a half-made CA. The lifetimes default to
+        10 years (root) and 1 year (intermediate, never past the root); long-lived test CAs
+        (conformance vectors) ask for more.
         """
         td = check_trust_domain(trust_domain)
+        for what, life in (("root", root_lifetime), ("intermediate", intermediate_lifetime)):
+            if not isinstance(life, timedelta) or life < timedelta(days=1):
+                raise InvalidValidity(f"the {what} CA lifetime must be at least one day")
         ca_dir = Path(ca_dir)
         if ca_dir.exists() or ca_dir.is_symlink():
             if not ca_dir.is_dir():
@@ -145,7 +155,7 @@ class CertificateAuthority:
         except OSError as err:
             raise OutputError(f"cannot create the CA folder {ca_dir}: {err.strerror}") from err
         try:
-            cls._populate(tmp, td, intermediate)
+            cls._populate(tmp, td, intermediate, root_lifetime, intermediate_lifetime)
             try:
                 os.rename(tmp, ca_dir)
             except OSError as err:
@@ -159,17 +169,27 @@ class CertificateAuthority:
         return cls.open(ca_dir)
 
     @staticmethod
-    def _populate(folder: Path, td: TrustDomain, intermediate: bool) -> None:
+    def _populate(
+        folder: Path,
+        td: TrustDomain,
+        intermediate: bool,
+        root_lifetime: timedelta = ROOT_LIFETIME,
+        intermediate_lifetime: timedelta = INTERMEDIATE_LIFETIME,
+    ) -> None:
         now = _now()
         root_key = new_key()
-        root = build_root(root_key, td, now, path_length=1 if intermediate else 0)
+        root = build_root(
+            root_key, td, now, path_length=1 if intermediate else 0, lifetime=root_lifetime
+        )
         fsio.atomic_write(folder / ROOT_KEY, fsio.key_pem(root_key), fsio.KEY_MODE)
         fsio.atomic_write(folder / ROOT_CERT, fsio.cert_pem([root]))
         chain: list[x509.Certificate] = []
         issuer, issuer_key = root, root_key
         if intermediate:
             issuer_key = new_key()
-            issuer = build_intermediate(issuer_key, td, root, root_key, now)
+            issuer = build_intermediate(
+                issuer_key, td, root, root_key, now, lifetime=intermediate_lifetime
+            )
             fsio.atomic_write(folder / INTERMEDIATE_KEY, fsio.key_pem(issuer_key), fsio.KEY_MODE)
             fsio.atomic_write(folder / INTERMEDIATE_CERT, fsio.cert_pem([issuer]))
             chain.append(issuer)

@@ -1,4 +1,4 @@
-"""The SPIFFE trust bundle (SPIFFE Trust Domain and Bundle format, DESIGN section 2).
+"""The SPIFFE trust bundle (SPIFFE Trust Domain and Bundle format, spec 2.2).
 
 A JWKS: each root as a ``use: x509-svid`` key with ``x5c``; each valid, unrevoked service
 certificate as a ``use: jwt-svid`` key whose ``kid`` is the certificate's ``x5t#S256`` and whose

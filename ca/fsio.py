@@ -28,7 +28,7 @@ def cert_pem(certs: Iterable[x509.Certificate]) -> bytes:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """PKCS#8, unencrypted: the file mode protects it (DESIGN section 2)."""
+    """PKCS#8, unencrypted: the file mode protects it (spec 2.1)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -1,6 +1,6 @@
 """IssuedSVID: one issued X.509-SVID, and how it is written to a service's identity folder.
 
-File names and modes follow DESIGN section 2 (spiffe-helper compatible).
+File names and modes follow spec 2.1 (spiffe-helper compatible).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Certificate builders: the root, the intermediate and the X.509-SVID leaf profile.
 
-The leaf profile is DESIGN section 1, field by field: one URI SAN (the SPIFFE ID), the
+The leaf profile is spec 1.2, field by field: one URI SAN (the SPIFFE ID), the
 service's DNS name plus only the extra names asked for, ``CA:false`` critical, KeyUsage
 ``digitalSignature`` critical, EKU serverAuth + clientAuth, SKI and AKI, a random positive
 128-bit serial, ECDSA P-256 signed with SHA-256.
@@ -105,7 +105,12 @@ def _ca_builder(
 
 
 def build_root(
-    key: ec.EllipticCurvePrivateKey, td: TrustDomain, now: datetime, *, path_length: int
+    key: ec.EllipticCurvePrivateKey,
+    td: TrustDomain,
+    now: datetime,
+    *,
+    path_length: int,
+    lifetime: timedelta = ROOT_LIFETIME,
 ) -> x509.Certificate:
     name = _ca_name(td, "root")
     builder = _ca_builder(
@@ -114,7 +119,7 @@ def build_root(
         public_key=key.public_key(),
         td=td,
         not_before=now - CA_BACKDATE,
-        not_after=now + ROOT_LIFETIME,
+        not_after=now + lifetime,
         path_length=path_length,
     ).add_extension(
         # Optional on a self-signed root (RFC 5280 4.2.1.1), but it lets tools that key
@@ -131,6 +136,8 @@ def build_intermediate(
     root_cert: x509.Certificate,
     root_key: ec.EllipticCurvePrivateKey,
     now: datetime,
+    *,
+    lifetime: timedelta = INTERMEDIATE_LIFETIME,
 ) -> x509.Certificate:
     builder = _ca_builder(
         subject=_ca_name(td, "intermediate"),
@@ -138,7 +145,7 @@ def build_intermediate(
         public_key=key.public_key(),
         td=td,
         not_before=now - CA_BACKDATE,
-        not_after=min(now + INTERMEDIATE_LIFETIME, root_cert.not_valid_after_utc),
+        not_after=min(now + lifetime, root_cert.not_valid_after_utc),
         path_length=0,
     ).add_extension(authority_key_id(root_cert), critical=False)
     return builder.sign(root_key, hashes.SHA256())

@@ -55,8 +55,8 @@ def check_dns(names: Sequence[str]) -> list[str]:
 def check_dns_reserved(name: str, td: TrustDomain, dns: Sequence[str]) -> None:
     """Refuse extra DNS names inside the trust domain's own namespace.
 
-    Python clients authenticate a server only by the pinned name ``<NAME>.svc.<td>`` (DESIGN
-    section 1), so every name under ``<td>`` is reserved to the service it names: a certificate
+    Python clients authenticate a server only by the pinned name ``<NAME>.svc.<td>`` (spec
+    1.5), so every name under ``<td>`` is reserved to the service it names: a certificate
     for ``orders`` naming ``payments.svc.<td>`` would let orders' key serve as payments.
     """
     own = td.service_dns_name(name)

@@ -1,6 +1,6 @@
 """Where verifiers find trust anchors, token-signing keys and revocations.
 
-:class:`FileBundleSource` reads the trust domain's ``bundle.spiffe.json`` (DESIGN 2: SPIFFE Trust
+:class:`FileBundleSource` reads the trust domain's ``bundle.spiffe.json`` (spec 2.2: SPIFFE Trust
 Domain and Bundle format) and, optionally, a PEM CRL. Nothing in the bundle is taken on faith:
 
 - ``x509-svid`` entries are the trust anchors (one certificate each, whose key is the entry's);
@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,7 +85,7 @@ class BundleSource(Protocol):
 
     @property
     def checks_revocation(self) -> bool:
-        """Whether a CRL is consulted at all (False: DESIGN 4.1's "not revoked" is unchecked)."""
+        """Whether a CRL is consulted at all (False: spec 4.1's "not revoked" is unchecked)."""
         ...
 
     def key_for(self, kid: str) -> BundleKey | None: ...
@@ -165,10 +165,6 @@ def _x5c(entry: Mapping[str, Any]) -> list[x509.Certificate]:
 
 def _revocation_id(cert: x509.Certificate) -> tuple[bytes, int]:
     return cert.issuer.public_bytes(), cert.serial_number
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _trust_domain_of(anchors: Sequence[x509.Certificate]) -> TrustDomain | None:
@@ -331,8 +327,12 @@ class FileBundleSource:
         fallback_trust_domain: TrustDomain | None = None,
         check_interval: float = 1.0,
         unknown_kid_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = Path(path)
+        # The time certificate chains are validated at (Unix seconds). A verifier on a fake or
+        # fixed clock (tests, conformance vectors) must give its bundle source the same one.
+        self._clock = clock
         self._crl_path = Path(crl_path) if crl_path is not None else None
         # trust_domain overrides what the anchors say; fallback_trust_domain only stands in
         # for anchors that carry no SPIFFE ID.
@@ -417,28 +417,28 @@ class FileBundleSource:
         the leaf's SPIFFE ID; raises CertificateUntrusted or CertificateRevoked.
         """
         if not chain:
-            raise CertificateUntrusted("no certificate was presented (DESIGN 4.1)")
+            raise CertificateUntrusted("no certificate was presented (spec 4.1)")
         snap = self._snapshot()
         leaf = chain[0]
         try:
             spiffe_id = spiffe_id_of(leaf)
         except InvalidSpiffeIdError as err:
             raise CertificateUntrusted(
-                f"the certificate does not carry exactly one valid SPIFFE ID ({err}) (DESIGN 4.1)"
+                f"the certificate does not carry exactly one valid SPIFFE ID ({err}) (spec 4.1)"
             ) from err
         if not spiffe_id.member_of(snap.trust_domain):
             raise CertificateUntrusted(
                 f"the certificate's SPIFFE ID {spiffe_id} is not in the trust domain "
-                f"{snap.trust_domain} (DESIGN 4.1)"
+                f"{snap.trust_domain} (spec 4.1)"
             )
         try:
             path = _verify_leaf(
-                snap.store, leaf, [*chain[1:], *snap.intermediates], _utcnow()
+                snap.store, leaf, [*chain[1:], *snap.intermediates], self._now()
             )
         except VerificationError as err:
             raise CertificateUntrusted(
                 f"the certificate of {spiffe_id} does not chain to the trust anchors of "
-                f"{snap.trust_domain} or is not valid now ({_short(err)}) (DESIGN 4.1)"
+                f"{snap.trust_domain} or is not valid now ({_short(err)}) (spec 4.1)"
             ) from err
         for i, cert in enumerate(path[:-1]):  # the anchor itself is trusted by configuration
             if (snap.revoked and _revocation_id(cert) in snap.revoked) or _pending_revokes(
@@ -447,11 +447,14 @@ class FileBundleSource:
                 what = "certificate" if cert is path[0] else "issuing CA certificate"
                 raise CertificateRevoked(
                     f"the {what} of {spiffe_id} (serial {cert.serial_number:x}) is revoked by "
-                    "the CRL (DESIGN 4.1)"
+                    "the CRL (spec 4.1)"
                 )
         return spiffe_id
 
     # --- loading ------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     def refresh(self) -> bool:
         """Re-read the files now if they changed; True if a new snapshot was installed."""
@@ -552,7 +555,7 @@ class FileBundleSource:
                 "back removed keys or anchors), so the newer one is kept"
             )
         store = Store(anchors)
-        now = _utcnow()
+        now = self._now()
 
         keys: dict[str, BundleKey] = {}
         rejected: dict[str, str] = {}

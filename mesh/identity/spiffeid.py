@@ -71,7 +71,7 @@ class TrustDomain:
         return SpiffeId(self, "/svc/" + validate_service_name(name))
 
     def service_dns_name(self, name: str) -> str:
-        """The DNS name a client pins for service ``name`` (DESIGN section 1)."""
+        """The DNS name a client pins for service ``name`` (spec 1.5)."""
         return f"{validate_service_name(name)}.svc.{self.name}"
 
     def __str__(self) -> str:

@@ -1,7 +1,7 @@
 """Where a service's own identity comes from: an X.509-SVID, its key and the trust anchors.
 
 A source hands out immutable :class:`Svid` snapshots. :class:`X509SvidFolder` reads the three
-spiffe-helper files (DESIGN section 2) and swaps in a new snapshot when they change on disk, but
+spiffe-helper files (spec 2.1) and swaps in a new snapshot when they change on disk, but
 only once the new key matches the new leaf: writers replace the files one by one, so a reader
 can see a new certificate next to the old key for a moment, and serving that pair would break
 every handshake. :class:`StaticSvid` never changes (tests, or identities held in memory).

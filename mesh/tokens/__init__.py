@@ -1,6 +1,6 @@
 """meshid tokens: user, app and nested app-asserted JWS, verified locally as a chain.
 
-DESIGN sections 3 and 4 are the contract. python-jose is used only inside
+docs/spec.md sections 3 and 4 are the contract. python-jose is used only inside
 :mod:`mesh.tokens.jose`; everything that decides what to trust is ours.
 """
 

@@ -3,7 +3,7 @@
 An entry says "these exact bytes (SHA-256) carry a valid signature by the certificate whose
 thumbprint is ``kid``, and decode to these well-formed claims". An entry that verified as a
 wrapped token may also carry a :class:`ChainVerdict`: "this token and everything it wraps form a
-valid upstream chain (DESIGN 4.5) for the end user ``user``", which is a function of the token's
+valid upstream chain (spec 4.5) for the end user ``user``", which is a function of the token's
 bytes (they include the whole inner chain) plus the things the verdict records and the verifier
 re-checks on every use: the bundle and its generation (keys, revocations), the clock (the
 subchain's time window), the verifier's trusted user-token issuers, maximum lifetimes and its
@@ -29,7 +29,7 @@ from mesh.tokens.result import Hop
 
 
 class ChainVerdict(NamedTuple):
-    """A token and all it wraps verified as an upstream chain (DESIGN 4.5) in one bundle state.
+    """A token and all it wraps verified as an upstream chain (spec 4.5) in one bundle state.
 
     It holds for a verifier only while ``bundle`` is that verifier's bundle source (identity:
     two sources can share a generation number) at ``generation``; the clock is inside every

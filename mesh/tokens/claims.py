@@ -1,4 +1,4 @@
-"""Token kinds and the claim rules that need nothing but the token itself (DESIGN 3).
+"""Token kinds and the claim rules that need nothing but the token itself (spec 3.3).
 
 A claim set is checked here for presence and JSON type, per kind, once: the result is what the
 verified-token cache keeps. Everything that depends on the caller, the clock or the bundle is
@@ -46,7 +46,7 @@ class Claims(NamedTuple):
 
 def _require(claims: Mapping[str, Any], name: str, kind: str) -> Any:
     if name not in claims:
-        raise ClaimMissing(f"the {KIND_NAMES[kind]} has no '{name}' claim (DESIGN 3)")
+        raise ClaimMissing(f"the {KIND_NAMES[kind]} has no '{name}' claim (spec 3.3)")
     return claims[name]
 
 
@@ -105,7 +105,7 @@ def parse_claims(
         )
     if typ != USER and len(aud) != 1:
         raise ClaimInvalid(
-            f"the {KIND_NAMES[typ]}'s 'aud' claim must name exactly one service (DESIGN 3)"
+            f"the {KIND_NAMES[typ]}'s 'aud' claim must name exactly one service (spec 3.3)"
         )
     iat = _int(claims, "iat", typ)
     exp = _int(claims, "exp", typ)
@@ -137,11 +137,11 @@ def parse_claims(
             )
         upstream = upstream_value
     elif "upstream" in claims:
-        raise ClaimInvalid(f"a {KIND_NAMES[typ]} must not wrap an 'upstream' token (DESIGN 3)")
+        raise ClaimInvalid(f"a {KIND_NAMES[typ]} must not wrap an 'upstream' token (spec 3.3)")
     if typ == APP and sub != iss_text:
         raise SubjectMismatch(
             f"an app token speaks for its issuer only, but its sub {sub[:80]!r} is not its iss "
-            f"{iss} (DESIGN 3)"
+            f"{iss} (spec 3.3)"
         )
     if typ == USER:
         _check_user_extras(claims)

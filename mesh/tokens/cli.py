@@ -1,9 +1,12 @@
 """``mesh token verify`` and ``mesh token inspect``.
 
-``verify`` runs exactly the service-side verification (DESIGN 4): with ``--peer-cert`` as if
+``verify`` runs exactly the service-side verification (spec 4): with ``--peer-cert`` as if
 the token came over mutual TLS from that certificate's owner (whose chain is checked against the
 bundle's anchors and the CRL), without it as an edge port would. It prints the chain as a tree
-from the user to the peer, or which rule failed at which hop. ``inspect`` decodes without
+from the user to the peer, or which rule failed at which hop (``--json``: one JSON object).
+``--at`` verifies at a given Unix time instead of now, for the bundle's certificate checks as
+for the token's claims: that is how a conformance vector (``spec/vectors``, spec 10) is replayed.
+Without ``--bundle`` the bundle and CRL come from ``$MESH_CA_DIR``. ``inspect`` decodes without
 verifying anything and says so. Neither ever prints a signature or key material.
 
 Exit codes: 0 verified (or decoded), 1 rejected (or undecodable), 2 usage or configuration error.
@@ -12,9 +15,11 @@ Exit codes: 0 verified (or decoded), 1 rejected (or undecodable), 2 usage or con
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,12 +33,17 @@ from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import jose
 from mesh.tokens.errors import BundleError
 from mesh.tokens.result import Hop, VerifiedChain
-from mesh.tokens.verify import ChainVerifier, VerifyLimits
+from mesh.tokens.verify import ChainVerifier, MaxLifetime, VerifyLimits
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 _INSPECT_MAX_LAYERS = 16
+CA_DIR_ENV = "MESH_CA_DIR"
+BUNDLE_FILE = "bundle.spiffe.json"
+CRL_FILE = "crl.pem"
+#: --max-lifetime KIND=SECONDS: the kind names, as in the vectors' limits.max_lifetime
+LIFETIME_KINDS = {"user": "user", "app": "app", "app-asserted": "app_asserted"}
 _SHOWN_HEADER = ("alg", "typ", "kid")
 BANNER = (
     "UNVERIFIED: decoded WITHOUT checking any signature, key, certificate, audience or time.\n"
@@ -45,7 +55,7 @@ def register(commands: Any) -> None:
     """Add the ``token`` group to the ``mesh`` command's subparsers."""
     token = commands.add_parser(
         "token", help="verify or inspect meshid tokens",
-        description="Verify or inspect meshid JWS tokens (DESIGN sections 3 and 4).",
+        description="Verify or inspect meshid JWS tokens (docs/spec.md sections 3 and 4).",
     )
     sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
 
@@ -53,19 +63,36 @@ def register(commands: Any) -> None:
         "verify", help="verify a token chain as a service would",
         description="Verify a token chain exactly as the service --audience would. With "
         "--peer-cert, as if it arrived over mutual TLS from that certificate's owner; without, "
-        "as an edge port (user tokens only). Exit 0 verified, 1 rejected, 2 usage error.",
+        "as an edge port (user tokens only). Without --bundle, the bundle and CRL are read from "
+        f"${CA_DIR_ENV}. Exit 0 verified, 1 rejected, 2 usage error.",
     )
     verify.add_argument("token", metavar="TOKEN", help="the token, or - to read it from stdin")
-    verify.add_argument("--bundle", required=True, type=Path, metavar="FILE",
-                        help="the trust domain's bundle.spiffe.json")
+    verify.add_argument("--bundle", type=Path, metavar="FILE",
+                        help=f"the trust domain's {BUNDLE_FILE} (default: "
+                        f"${CA_DIR_ENV}/{BUNDLE_FILE}, with ${CA_DIR_ENV}/{CRL_FILE})")
     verify.add_argument("--audience", required=True, metavar="SPIFFE_ID",
                         help="the SPIFFE ID of the service receiving the token")
     verify.add_argument("--peer-cert", type=Path, metavar="PEM",
                         help="the caller's certificate chain (leaf first); omit for an edge port")
-    verify.add_argument("--crl", type=Path, metavar="FILE", help="the CA's crl.pem")
+    verify.add_argument("--crl", type=Path, metavar="FILE", help=f"the CA's {CRL_FILE}")
     verify.add_argument("--trusted-issuer", action="append", default=[], metavar="SPIFFE_ID",
                         help="a trusted user-token issuer (repeatable; default "
                         "spiffe://<trust domain>/svc/auth)")
+    verify.add_argument("--at", type=_unix_seconds, metavar="UNIX_SECONDS",
+                        help="verify at this time (certificates, CRL and token times) instead "
+                        "of now")
+    verify.add_argument("--max-size", type=_positive, metavar="BYTES",
+                        help="the token size limit (default 8192)")
+    verify.add_argument("--max-depth", type=_non_negative, metavar="WRAPS",
+                        help="the most app-asserted wraps around the user token (default 4)")
+    verify.add_argument("--leeway", type=_non_negative, metavar="SECONDS",
+                        help="allowed clock skew for exp, iat and nbf (default 30)")
+    verify.add_argument("--max-lifetime", action="append", default=[], type=_kind_seconds,
+                        metavar="KIND=SECONDS",
+                        help="the longest exp - iat accepted for KIND: user (default 3600), app "
+                        "or app-asserted (default 600); repeatable")
+    verify.add_argument("--json", action="store_true",
+                        help="print one JSON object (result, reason or user and chain)")
     verify.set_defaults(handler=_verify, parser=verify)
 
     inspect = sub.add_parser(
@@ -85,6 +112,41 @@ def _usage(args: argparse.Namespace, message: str) -> int:
     parser.print_usage(sys.stderr)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _unix_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if not 0 <= value < 2**53:
+        raise argparse.ArgumentTypeError(f"{text} is not a Unix time in seconds")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 is not a positive number")
+    return value
+
+
+def _kind_seconds(text: str) -> tuple[str, int]:
+    kind, sep, seconds = text.partition("=")
+    if not sep or kind not in LIFETIME_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KIND=SECONDS with KIND one of {', '.join(LIFETIME_KINDS)}")
+    return LIFETIME_KINDS[kind], _positive(seconds)
 
 
 def _read_token(value: str) -> str:
@@ -120,6 +182,36 @@ def _safe(text: object, limit: int = 120) -> str:
 # --- verify --------------------------------------------------------------------------------------
 
 
+def _bundle_files(args: argparse.Namespace) -> tuple[Path, Path | None] | str:
+    """The bundle and CRL paths: the flags, else ``$MESH_CA_DIR``'s files; or why not."""
+    if args.bundle is not None:
+        # An explicit bundle never mixes with a CA folder from the environment: that CA's CRL
+        # would be checked against another trust domain's anchors.
+        return args.bundle, args.crl
+    ca_dir = os.environ.get(CA_DIR_ENV)
+    if not ca_dir:
+        return f"give --bundle FILE, or set {CA_DIR_ENV} to the CA folder"
+    folder = Path(ca_dir)
+    if args.crl is not None:
+        return folder / BUNDLE_FILE, args.crl
+    crl = folder / CRL_FILE
+    if not crl.is_file():
+        return (f"{crl} is missing ({CA_DIR_ENV}={ca_dir}); pass --bundle and --crl to name "
+                "the files")
+    return folder / BUNDLE_FILE, crl
+
+
+def _limits(args: argparse.Namespace, trusted: tuple[SpiffeId, ...] | None) -> VerifyLimits:
+    defaults = VerifyLimits()
+    return VerifyLimits(
+        max_size=defaults.max_size if args.max_size is None else args.max_size,
+        max_depth=defaults.max_depth if args.max_depth is None else args.max_depth,
+        leeway=defaults.leeway if args.leeway is None else args.leeway,
+        trusted_user_issuers=trusted,
+        max_lifetime=MaxLifetime(**dict(args.max_lifetime)),
+    )
+
+
 def _verify(args: argparse.Namespace) -> int:
     out = sys.stdout
     try:
@@ -127,8 +219,14 @@ def _verify(args: argparse.Namespace) -> int:
         trusted = tuple(SpiffeId.parse(i) for i in args.trusted_issuer) or None
     except InvalidSpiffeIdError as err:
         return _usage(args, f"not a SPIFFE ID: {err}")
+    files = _bundle_files(args)
+    if isinstance(files, str):
+        return _usage(args, files)
+    bundle_path, crl_path = files
+    at: int | None = args.at
+    clock: Callable[[], float] = time.time if at is None else (lambda: float(at))
     try:
-        bundle = FileBundleSource(args.bundle, args.crl)
+        bundle = FileBundleSource(bundle_path, crl_path, clock=clock)
     except BundleError as err:
         return _usage(args, str(err))
     peer_chain: tuple[x509.Certificate, ...] = ()
@@ -141,19 +239,61 @@ def _verify(args: argparse.Namespace) -> int:
             return _usage(args, f"{args.peer_cert}: {err}")
     token = _read_token(args.token)
     verifier = ChainVerifier(
-        audience, bundle, limits=VerifyLimits(trusted_user_issuers=trusted), cache=None
+        audience, bundle, limits=_limits(args, trusted), cache=None, clock=clock
     )
+    mtls = peer_chain != ()
     try:
         result = verifier.verify(
             token, peer_chain[0] if peer_chain else None, peer_intermediates=peer_chain[1:]
         )
     except CallRefused as err:
-        _print_rejection(out, err, audience, peer_chain != ())
+        if args.json:
+            _print_json(out, _rejection_json(err, audience, mtls))
+        else:
+            _print_rejection(out, err, audience, mtls)
         return EXIT_REJECTED
-    _print_chain(out, result, audience)
-    if args.crl is None:
+    if args.json:
+        _print_json(out, _chain_json(result, audience, crl_path is not None))
+        return EXIT_OK
+    _print_chain(out, result, audience, clock())
+    if crl_path is None:
         print("  note: no --crl given, so revocation was not checked", file=out)
     return EXIT_OK
+
+
+def _print_json(out: TextIO, value: Mapping[str, Any]) -> None:
+    print(json.dumps(value, ensure_ascii=True, separators=(",", ":")), file=out)
+
+
+def _rejection_json(err: CallRefused, audience: SpiffeId, mtls: bool) -> dict[str, Any]:
+    return {
+        "result": "reject",
+        "reason": str(err.reason),
+        "status": err.status.name,
+        "hop": err.hop,
+        "message": str(err),
+        "audience": str(audience),
+        "port": "mtls" if mtls else "edge",
+    }
+
+
+def _chain_json(result: VerifiedChain, audience: SpiffeId, crl: bool) -> dict[str, Any]:
+    return {
+        "result": "accept",
+        "audience": str(audience),
+        "port": "mtls" if result.peer is not None else "edge",
+        "peer": str(result.peer) if result.peer is not None else None,
+        "kind": result.kind,
+        "user": result.user,
+        "chain": [str(s) for s in result.chain],
+        "expires_at": result.expires_at,
+        "revocation_checked": crl,
+        "hops": [
+            {"hop": i, "typ": h.typ, "iss": str(h.iss), "sub": h.sub, "aud": list(h.aud),
+             "iat": h.iat, "exp": h.exp, "kid": h.kid}
+            for i, h in enumerate(result.hops)
+        ],
+    }
 
 
 def _print_rejection(out: TextIO, err: CallRefused, audience: SpiffeId, mtls: bool) -> None:
@@ -170,8 +310,7 @@ def _print_rejection(out: TextIO, err: CallRefused, audience: SpiffeId, mtls: bo
           file=out)
 
 
-def _print_chain(out: TextIO, result: VerifiedChain, audience: SpiffeId) -> None:
-    now = time.time()
+def _print_chain(out: TextIO, result: VerifiedChain, audience: SpiffeId, now: float) -> None:
     how = f"over mutual TLS from {result.peer}" if result.peer else "at an edge port"
     print(f"VERIFIED for {audience}, {how}", file=out)
     if result.kind == "user" and result.peer is None:

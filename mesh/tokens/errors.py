@@ -42,7 +42,7 @@ class TokenError(CallRefused):
 
 
 class TokenFormatError(TokenError):
-    """The token is not a well-formed meshid JWS (DESIGN 3, 4.2, 4.3)."""
+    """The token is not a well-formed meshid JWS (spec 3, 4.2, 4.3)."""
 
     reason = Reason.TOKEN_MALFORMED
 
@@ -147,7 +147,7 @@ class IssuerUntrusted(TokenError):
 
 
 class PeerMismatch(TokenError):
-    """The outermost token was not issued and signed by the mutual-TLS peer (DESIGN 4.4)."""
+    """The outermost token was not issued and signed by the mutual-TLS peer (spec 4.4)."""
 
     reason = Reason.PEER_MISMATCH
 
@@ -159,7 +159,7 @@ class ConfirmationMismatch(TokenError):
 
 
 class ChainError(TokenError):
-    """The layers of a nested token do not fit together (DESIGN 4.5)."""
+    """The layers of a nested token do not fit together (spec 4.5)."""
 
     reason = Reason.CHAIN_BROKEN
 

@@ -104,7 +104,7 @@ class VerifyKey:
             # a correct ECDSA; reject it by name rather than rely on the backend.
             raise SignatureInvalid(
                 "the token's ES256 signature is not a valid 64-byte (r, s) pair with non-zero r "
-                "and s (DESIGN 4.3)"
+                "and s (spec 3.1)"
             )
         try:
             # The key is the one OUR code selected by kid, prebuilt for ES256; the signing input
@@ -115,7 +115,7 @@ class VerifyKey:
             raise SignatureInvalid("the token's signature could not be checked") from err
         if ok is not True:
             raise SignatureInvalid(
-                "the token's signature does not verify with the key its kid names (DESIGN 4.4/4.5)"
+                "the token's signature does not verify with the key its kid names (spec 4.4/4.5)"
             )
 
 
@@ -288,7 +288,7 @@ def _check_header(h64: str) -> tuple[str, str]:
         shown = alg if isinstance(alg, str) and len(alg) <= 16 else "(missing or not a string)"
         raise AlgorithmNotAllowed(
             f"the token's algorithm {shown!r} is not allowed; only {ALGORITHM} is accepted "
-            "(DESIGN 3, 4.3)"
+            "(spec 3.2, 4.3)"
         )
     if header.keys() != HEADER_MEMBERS:
         extra = sorted(header.keys() - HEADER_MEMBERS)
@@ -300,14 +300,14 @@ def _check_header(h64: str) -> tuple[str, str]:
         if missing:
             detail.append(f"missing {', '.join(missing)}")
         raise HeaderInvalid(
-            f"the token header must be exactly alg, typ and kid: {'; '.join(detail)} (DESIGN 3)"
+            f"the token header must be exactly alg, typ and kid: {'; '.join(detail)} (spec 3.2)"
         )
     typ, kid = header["typ"], header["kid"]
     if not isinstance(typ, str):
-        raise HeaderInvalid("the token header's typ is not a string (DESIGN 3)")
+        raise HeaderInvalid("the token header's typ is not a string (spec 3.2)")
     if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
         raise HeaderInvalid(
-            "the token header's kid is not an x5t#S256 certificate thumbprint (DESIGN 3)"
+            "the token header's kid is not an x5t#S256 certificate thumbprint (spec 3.2)"
         )
     return typ, kid
 

@@ -1,4 +1,4 @@
-"""Minting meshid tokens with a service's own SVID key (DESIGN 3)."""
+"""Minting meshid tokens with a service's own SVID key (spec 3)."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class TokenSigner:
         if str(self.spiffe_id) not in up.aud:
             raise AudienceMismatch(
                 f"the upstream token is not addressed to this service {self.spiffe_id}; "
-                "wrapping it would be rejected downstream (DESIGN 4.5)"
+                "wrapping it would be rejected downstream (spec 4.5)"
             )
         claims = self._base(up.sub, str(self._id(aud)), ttl)
         if up.exp <= claims["iat"]:

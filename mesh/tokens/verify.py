@@ -1,4 +1,4 @@
-"""The chain verifier: DESIGN section 4, rule by rule, at the called service.
+"""The chain verifier: spec section 4, rule by rule, at the called service.
 
 :meth:`ChainVerifier.verify` takes the inbound token and the peer's certificate (from mutual TLS;
 ``None`` at an edge port) and either returns an immutable :class:`VerifiedChain` or raises the
@@ -97,7 +97,7 @@ class MaxLifetime:
 
 @dataclass(frozen=True, slots=True)
 class VerifyLimits:
-    """Limits of DESIGN 4.2 and 4.4/4.5; the defaults are the DESIGN's.
+    """Limits of spec 4.2 and 4.4/4.5; the defaults are the spec's (4.9).
 
     ``max_depth`` counts wraps: a user token alone is depth 0, four app-asserted layers around
     it are depth 4 (five signatures). ``trusted_user_issuers`` None means
@@ -167,7 +167,7 @@ PEER_TABLE_MAX = 1024
 
 
 class ChainVerifier:
-    """Verifies inbound token chains for the service ``own_id`` (DESIGN 4)."""
+    """Verifies inbound token chains for the service ``own_id`` (spec 4)."""
 
     def __init__(
         self,
@@ -321,7 +321,7 @@ class ChainVerifier:
         if len(token) > self.limits.max_size:
             raise TokenTooLarge(
                 f"the token is {len(token)} bytes, over the limit of {self.limits.max_size} "
-                "(DESIGN 4.2); the chain is too long or the token is not meshid's"
+                "(spec 4.2); the chain is too long or the token is not meshid's"
             )
         # rules 2 (depth) and 3, no cryptography yet; stops at a layer whose verdict holds
         layers = self._decode(token, peer, now=now, generation=generation)
@@ -441,21 +441,21 @@ class ChainVerifier:
                 raise TypeMismatch(
                     f"an edge port accepts only user tokens, but a {KIND_NAMES[typ]} from "
                     f"{layer.claims.iss} arrived; services must call over mutual TLS "
-                    "(DESIGN 4, edge port)",
+                    "(spec 4.8)",
                     hop=0,
                 )
             if hop == 0 and not edge and typ == USER:
                 raise TypeMismatch(
                     "a user token arrived as the outermost token over mutual TLS; the calling "
                     "service must wrap it in an app-asserted token bound to its certificate "
-                    "(DESIGN 3, 4.4)",
+                    "(spec 3.4, 4.4)",
                     hop=0,
                 )
             if hop > 0 and typ == APP:
                 raise TypeMismatch(
                     f"the token at hop {hop} is an app token from {layer.claims.iss}, which "
                     "cannot be wrapped: an upstream must be a user token or an app-asserted "
-                    "token (DESIGN 4.5)",
+                    "token (spec 4.5)",
                     hop=hop,
                 )
             if hop > 0 and self._usable(layer.entry.verdict, hop, now, generation):
@@ -467,7 +467,7 @@ class ChainVerifier:
             if hop >= self.limits.max_depth:
                 raise TokenTooDeep(
                     f"the token nests more than {self.limits.max_depth} wrapped tokens "
-                    "(DESIGN 4.2)",
+                    "(spec 4.2)",
                     hop=hop,
                 )
             current = upstream
@@ -489,7 +489,7 @@ class ChainVerifier:
             if parsed.typ not in KINDS:
                 raise TypeMismatch(
                     f"the token type {parsed.typ[:40]!r} is not one of meshid's "
-                    f"({', '.join(sorted(KINDS))}) (DESIGN 3)"
+                    f"({', '.join(sorted(KINDS))}) (spec 3.2)"
                 )
             known = self._trusted_ids
             if peer is not None:
@@ -518,7 +518,7 @@ class ChainVerifier:
         if layer.kid != peer.thumbprint:
             raise PeerMismatch(
                 f"the outermost token was not signed with the certificate key of the peer "
-                f"{peer.spiffe_id} (its kid names another certificate) (DESIGN 4.4)",
+                f"{peer.spiffe_id} (its kid names another certificate) (spec 4.4)",
                 hop=0,
             )
         if layer.parsed is not None:
@@ -526,19 +526,19 @@ class ChainVerifier:
         if c.iss_text != peer.spiffe_text:
             raise PeerMismatch(
                 f"the outermost token's issuer {c.iss} is not the peer {peer.spiffe_id} "
-                "(DESIGN 4.4)",
+                "(spec 4.4)",
                 hop=0,
             )
         if c.aud[0] != self._own:
             raise AudienceMismatch(
                 f"token audience {_short(c.aud[0])} is not this service {self.own_id} "
-                f"(DESIGN 4.4); {c.iss} addressed it to another service",
+                f"(spec 4.4); {c.iss} addressed it to another service",
                 hop=0,
             )
         if c.cnf != peer.thumbprint:
             raise ConfirmationMismatch(
                 f"the outermost token from {c.iss} is bound (cnf.x5t#S256) to another "
-                f"certificate than the one the peer {peer.spiffe_id} presented (DESIGN 4.4)",
+                f"certificate than the one the peer {peer.spiffe_id} presented (spec 4.4)",
                 hop=0,
             )
         self._check_time(layer, now)
@@ -550,7 +550,7 @@ class ChainVerifier:
         if self._own not in c.aud:
             raise AudienceMismatch(
                 f"token audience {_aud_text(c.aud)} does not include this service "
-                f"{self.own_id} (DESIGN 4, edge port)",
+                f"{self.own_id} (spec 4.8)",
                 hop=0,
             )
         self._check_user_issuer(layer)
@@ -567,7 +567,7 @@ class ChainVerifier:
             # certificate; anything else is a token bound to someone who did not sign it.
             raise ConfirmationMismatch(
                 f"the token at hop {hop} from {c.iss} is bound (cnf.x5t#S256) to another "
-                "certificate than the one that signed it (DESIGN 3, RFC 8705)",
+                "certificate than the one that signed it (spec 3.3, RFC 8705)",
                 hop=hop,
             )
         if c.typ == USER:
@@ -583,21 +583,21 @@ class ChainVerifier:
             raise ChainBroken(
                 f"the token at hop {hop} ({KIND_NAMES[c.typ]} from {c.iss}) is addressed to "
                 f"{_aud_text(c.aud)}, not to {w.iss} which wrapped it: the chain was spliced "
-                "from different requests (DESIGN 4.5)",
+                "from different requests (spec 4.5)",
                 hop=hop,
             )
         if c.sub != w.sub:
             raise SubjectMismatch(
                 f"the token at hop {hop - 1} from {w.iss} names the user {_short(w.sub)} but the "
                 f"token it wraps names {_short(c.sub)}: the user must not change along a chain "
-                "(DESIGN 4.5)",
+                "(spec 4.5)",
                 hop=hop - 1,
             )
         if c.exp < w.exp:
             raise ExpiryExtended(
                 f"the token at hop {hop - 1} from {w.iss} expires at {w.exp}, after the token "
                 f"it wraps (hop {hop}, expires {c.exp}): a wrapper must never outlive its "
-                "upstream (DESIGN 3, 4.5)",
+                "upstream (spec 3.4, 4.5)",
                 hop=hop - 1,
             )
 
@@ -615,7 +615,7 @@ class ChainVerifier:
             raise KeyUnknown(
                 f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} names a signing key "
                 f"that is not in the trust bundle of {self.bundle.trust_domain}{why}; it was "
-                "not signed by a current member of this trust domain (DESIGN 4.5)",
+                "not signed by a current member of this trust domain (spec 4.5)",
                 hop=layer.hop,
             )
         # Leaf and intermediates alike: revoking a CA must end every key it certified. Done
@@ -626,7 +626,7 @@ class ChainVerifier:
                 raise CertificateRevoked(
                     f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} was signed with the "
                     f"key of {key.spiffe_id}, whose {what} (serial {cert.serial_number:x}) is "
-                    "revoked (DESIGN 4.5)",
+                    "revoked (spec 4.5)",
                     hop=layer.hop,
                 )
         if len(self._keys) >= _KEY_MEMO_MAX:
@@ -645,7 +645,7 @@ class ChainVerifier:
         if not key.not_before <= now < key.not_after:
             raise CertificateUntrusted(
                 f"the {KIND_NAMES[c.typ]} at hop {hop} was signed with the key of "
-                f"{key.spiffe_id}, whose certificate is not valid now (DESIGN 4.5)",
+                f"{key.spiffe_id}, whose certificate is not valid now (spec 4.5)",
                 hop=hop,
             )
         if layer.parsed is not None:
@@ -653,7 +653,7 @@ class ChainVerifier:
         if c.iss_text != found.spiffe_text:
             raise IssuerMismatch(
                 f"the {KIND_NAMES[c.typ]} at hop {hop} claims issuer {c.iss} but was signed by "
-                f"the key of {key.spiffe_id} (DESIGN 4.5)",
+                f"the key of {key.spiffe_id} (spec 4.5)",
                 hop=hop,
             )
 
@@ -671,7 +671,7 @@ class ChainVerifier:
             trusted = ", ".join(sorted(str(i) for i in self.trusted_user_issuers))
             raise IssuerUntrusted(
                 f"the user token at hop {layer.hop} was issued by {iss}, which is not a trusted "
-                f"user-token issuer ({trusted}) (DESIGN 4.5)",
+                f"user-token issuer ({trusted}) (spec 4.5)",
                 hop=layer.hop,
             )
 
@@ -685,18 +685,18 @@ class ChainVerifier:
         what = f"the {KIND_NAMES[c.typ]} at hop {hop} from {c.iss}"
         if now >= c.exp + leeway:
             raise TokenExpired(
-                f"{what} expired {now - c.exp} s ago (allowed clock skew {leeway} s) (DESIGN 4.4)",
+                f"{what} expired {now - c.exp} s ago (allowed clock skew {leeway} s) (spec 4.4)",
                 hop=hop,
             )
         if c.iat > now + leeway:
             raise TokenNotYetValid(
                 f"{what} was issued {c.iat - now} s in the future (allowed clock skew "
-                f"{leeway} s); check the issuer's clock (DESIGN 4.4)",
+                f"{leeway} s); check the issuer's clock (spec 4.4)",
                 hop=hop,
             )
         if c.nbf is not None and c.nbf > now + leeway:
             raise TokenNotYetValid(
-                f"{what} is not valid for another {c.nbf - now} s (nbf) (DESIGN 4.4)", hop=hop
+                f"{what} is not valid for another {c.nbf - now} s (nbf) (spec 4.4)", hop=hop
             )
         limit = self._max_life[c.typ]
         raise TokenLifetimeTooLong(

@@ -6,7 +6,7 @@ current snapshot (a cheap check); after a rotation new calls go to a fresh chann
 one is closed once its in-flight calls have finished (or after ``close_grace`` seconds, if set).
 
 Every underlying channel pins the callee's DNS name ``<NAME>.svc.<trust-domain>`` with
-``grpc.ssl_target_name_override`` (Python clients cannot check URI SANs, DESIGN 1) and carries
+``grpc.ssl_target_name_override`` (Python clients cannot check URI SANs, spec 1.5) and carries
 the client interceptor that mints the callee's token from the same snapshot, so the token's
 ``cnf`` always names the certificate presented on that connection.
 """

@@ -1,6 +1,6 @@
 """The server-side check of one call, shared by the sync and the aio interceptors.
 
-Order (DESIGN 4): the mutual-TLS peer (its certificate, not revoked, one SPIFFE ID of our trust
+Order (spec 5.3): the mutual-TLS peer (its certificate, not revoked, one SPIFFE ID of our trust
 domain), then the token chain (:class:`mesh.tokens.verify.ChainVerifier`), then the policy. The
 first failure becomes a :class:`Rejected` holding the gRPC status with an ErrorInfo detail.
 Every decision is written to the audit log, with the time the checks took.
@@ -72,7 +72,7 @@ def bearer_token(metadata: Metadata) -> str:
     found: list[str | bytes] = [v for k, v in metadata if k == "authorization"]
     if not found:
         raise TokenMissing("the call carries no 'authorization: Bearer <token>' metadata "
-                           "(DESIGN 3); every mesh call needs a token")
+                           "(spec 3.5); every mesh call needs a token")
     if len(found) > 1:
         raise TokenMalformed("the call carries more than one authorization entry; send one")
     value = found[0]

@@ -5,7 +5,7 @@ look like one to generated ``add_XServicer_to_server`` functions. They bind port
 credentials from the SVID source, requiring a client certificate; ``add_insecure_port`` and
 foreign credentials are refused, and ``start()`` refuses a server with no port. An edge server
 (``edge=True``) serves TLS without client certificates and accepts only user tokens
-(DESIGN 4, edge port); it must be asked for explicitly.
+(spec 4.8); it must be asked for explicitly.
 
 ``grpc.health.v1.Health`` is served on every mesh server; it needs mutual TLS (the peer is
 checked like any caller's) but no token. ``tokenless_methods=`` names further methods that take
@@ -147,7 +147,7 @@ class _GuardedServer:
         if not bundle.checks_revocation:
             # Allowed (tests, an issuer that publishes no CRL) but never silent.
             _log.warning("this server's trust bundle has no CRL: revoked certificates are "
-                         "accepted until they expire (DESIGN 4.1); give the bundle source a "
+                         "accepted until they expire (spec 4.1); give the bundle source a "
                          "crl_path to check revocation")
         self.guard = build_guard(source, policy, trust, edge=edge, audit=audit, caches=caches,
                                  tokenless_methods=tokenless_methods)

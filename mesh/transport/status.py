@@ -1,4 +1,4 @@
-"""Rejections on the wire: a gRPC status with a ``google.rpc.ErrorInfo`` detail (DESIGN 4).
+"""Rejections on the wire: a gRPC status with a ``google.rpc.ErrorInfo`` detail (spec 5.5).
 
 The detail's ``reason`` is the stable machine code (``TOKEN_EXPIRED``, ``CHAIN_NOT_ALLOWED``,
 ...); ``domain`` is ``meshid``; ``metadata`` names the service that refused and the method, and

@@ -1,7 +1,7 @@
 """A client outside the mesh: log in at auth's edge port, then call the gateway's edge port.
 
 Edge ports are server TLS only (the user has no SVID). The client trusts the mesh's roots
-(``svid_bundle.pem``) and pins the service's DNS name (DESIGN section 1), whatever address it
+(``svid_bundle.pem``) and pins the service's DNS name (spec 1.5), whatever address it
 dials. Used by the launcher's story and by ``mesh demo call``.
 """
 

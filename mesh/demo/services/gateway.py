@@ -1,7 +1,7 @@
 """gateway: the edge. Takes the user's token at its edge port and calls orders for the user.
 
 The handler passes no token itself: the mesh channel's client interceptor wraps the verified
-inbound token into an app-asserted token for orders (DESIGN 3).
+inbound token into an app-asserted token for orders (spec 3.4).
 """
 
 from __future__ import annotations
