@@ -1,4 +1,4 @@
-"""Review: what the CA issues and writes (DESIGN 1, 2)."""
+"""Review: what the CA issues and writes (spec 1, 2)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _serve(svid: Any, answer: bytes) -> tuple[grpc.Server, int]:
 
 
 def _ask(client: Any, port: int, pinned_dns: str) -> bytes:
-    """Dial ``port`` as the mesh client does: pin the callee's DNS name (DESIGN 1)."""
+    """Dial ``port`` as the mesh client does: pin the callee's DNS name (spec 1)."""
     creds = grpc.ssl_channel_credentials(
         root_certificates=cert_pem(client.bundle), private_key=key_pem(client.private_key),
         certificate_chain=cert_pem(client.chain))
@@ -47,7 +47,7 @@ def _ask(client: Any, port: int, pinned_dns: str) -> bytes:
 
 
 def test_client_dns_pin_refuses_another_service(mesh_ca: Any) -> None:
-    """Regression guard for DESIGN 1: a client pinned to payments' DNS name refuses orders."""
+    """Regression guard for spec 1: a client pinned to payments' DNS name refuses orders."""
     orders, gateway = mesh_ca.issue("orders"), mesh_ca.issue("gateway")
     server, port = _serve(orders, b"orders")
     try:
@@ -61,7 +61,7 @@ def test_client_dns_pin_refuses_another_service(mesh_ca: Any) -> None:
 
 def test_ca_refuses_extra_dns_san_of_another_service(mesh_ca: Any) -> None:
     """Python clients authenticate a server ONLY by the pinned DNS name
-    ``<name>.svc.<td>`` (DESIGN 1). ``ca.validate.check_dns`` accepts any extra DNS name, so
+    ``<name>.svc.<td>`` (spec 1). ``ca.validate.check_dns`` accepts any extra DNS name, so
     ``issue("orders", dns=["payments.svc.mesh.internal"])`` yields a certificate with which
     orders (or whoever holds its key) can serve as payments to every client of the mesh: the
     names under ``.svc.<trust domain>`` must be reserved to the service they name."""
@@ -94,7 +94,7 @@ def test_service_name_cannot_escape(mesh_ca: Any, name: str) -> None:
 
 
 def test_key_written_0600_under_permissive_umask(mesh_ca: Any, tmp_path: Path) -> None:
-    """Regression guard (DESIGN 2): modes do not depend on the umask; the key never exists
+    """Regression guard (spec 2): modes do not depend on the umask; the key never exists
     under a wider mode (the temp file is created 0600 by mkstemp before any byte is written)."""
     svid = mesh_ca.issue("orders")
     old = os.umask(0)
@@ -123,7 +123,7 @@ def test_write_to_replaces_a_planted_symlink_instead_of_following_it(
 
 
 def test_serials_are_positive_distinct_and_wide(mesh_ca: Any) -> None:
-    """Regression guard (DESIGN 1): random positive serials, not a counter."""
+    """Regression guard (spec 1): random positive serials, not a counter."""
     serials = [s.serial for s in mesh_ca.issue_many([f"svc-{i}" for i in range(40)])]
     assert len(set(serials)) == 40
     assert all(0 < s < 2**128 for s in serials)

@@ -1,4 +1,4 @@
-"""Review: revocation as the bundle source and the verifier apply it (DESIGN 4.1, 4.5)."""
+"""Review: revocation as the bundle source and the verifier apply it (spec 4.1, 4.5)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_peer_under_revoked_intermediate_is_refused(mesh_factory: Any, tmp_path:
 def test_edge_refuses_user_token_signed_under_revoked_intermediate(
     mesh_factory: Any, tmp_path: Path
 ) -> None:
-    """DESIGN 4.5 / edge: the signing key's certificate must chain to the anchors and not be
+    """spec 4.5 / edge: the signing key's certificate must chain to the anchors and not be
     revoked. ``ChainVerifier._bundle_key`` asks ``is_revoked(key.certificate)`` (the leaf only)
     and FileBundleSource never applies the CRL to a key's intermediates, so once the
     intermediate CA is revoked every token its leaves signed still verifies as a wrapped or

@@ -1,4 +1,4 @@
-"""Review: how a service loads its identity folder (DESIGN 2: svid_key.pem is 0600)."""
+"""Review: how a service loads its identity folder (spec 2: svid_key.pem is 0600)."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def test_shared_cache_keeps_audience_and_peer_checks(mesh_factory: Any) -> None:
 
 
 def test_errors_never_echo_the_token(mesh_factory: Any) -> None:
-    """Regression guard (DESIGN 4): no rejection message contains any part of the token."""
+    """Regression guard (spec 4): no rejection message contains any part of the token."""
     m = mesh_factory()
     user = m.user_token("gateway")
     wrapped = m.signers["gateway"].app_asserted_token(user, m.id("orders"))
@@ -120,7 +120,7 @@ def test_errors_never_echo_the_token(mesh_factory: Any) -> None:
 
 
 def test_peer_with_p384_key_is_refused_as_untrusted(mesh_factory: Any) -> None:
-    """A peer certificate from another issuer (SPIRE, cert-manager: DESIGN 5) may carry a P-384
+    """A peer certificate from another issuer (SPIRE, cert-manager; spec 1) may carry a P-384
     key. ``ChainVerifier._peer`` only checks ``isinstance(EllipticCurvePublicKey)`` and then
     builds ``jose.VerifyKey``, which raises ``SigningError`` (not a TokenError): the guard turns
     it into INTERNAL / VERIFIER_FAILED and logs a traceback, instead of UNAUTHENTICATED with

@@ -1,4 +1,4 @@
-"""Minting: the wire format of DESIGN 3, exactly."""
+"""Minting: the wire format of spec 3, exactly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every failure class of DESIGN 4 observed through a real call: status code and reason.
+"""Every failure class of spec 4 observed through a real call: status code and reason.
 
 Each attack has a negative control (the same call made honestly succeeds), so a test can only
 pass when the check under test is what refused the call.

@@ -1,4 +1,4 @@
-"""Review: the server-side guard (metadata, peer, call cache) and the policy (DESIGN 4, 6)."""
+"""Review: the server-side guard (metadata, peer, call cache) and the policy (spec 4, 6)."""
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ def test_context_is_cleared_outside_calls_and_survives_copy_context(mesh: Any) -
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602, 0o620, 0o610, 0o601])
 def test_key_file_open_to_other_users_is_refused(mesh: Any, mode: int) -> None:
-    """DESIGN 2: svid_key.pem is 0600. Any group/other bit (read, write or execute) refuses
+    """spec 2: svid_key.pem is 0600. Any group/other bit (read, write or execute) refuses
     the first load, with the rule and the fix in the message and no key material."""
     mesh.identity("orders")
     key = mesh.folder("orders") / "svid_key.pem"
