@@ -331,10 +331,15 @@ def build(work: Path) -> tuple[int, list[Vector]]:
          "call with no user; the chain is the peer alone (spec 3.3, 4.4).",
          "inventory", m.signer("reporting").app_token(m.id("inventory")), "reporting",
          expect="accept", user=None, chain=[m.id("reporting")])
-    mtls("accept-app-token-aud-array",
-         "An app token whose aud is a one-element array instead of a string: accepted "
-         "(RFC 7519 4.1.3 allows both; spec 3.3 says signers emit the string).",
+    mtls("reject-app-token-aud-array",
+         "An app token whose aud is a one-element array instead of one string: refused, a "
+         "service token's aud is exactly one string (spec 3.3).",
          "inventory", m.forge("app+jwt", "reporting", ["inventory"]), "reporting", crl=None,
+         reason="CLAIM_INVALID", hop=0)
+    mtls("accept-app-token-without-crl",
+         "An app token verified with no CRL given (crl_pem absent): accepted; such a verifier "
+         "checks no revocation (spec 2.3).",
+         "inventory", m.signer("reporting").app_token(m.id("inventory")), "reporting", crl=None,
          expect="accept", user=None, chain=[m.id("reporting")])
     for n in range(2, 6):
         token = m.chain(*hops5[:n])
@@ -364,10 +369,10 @@ def build(work: Path) -> tuple[int, list[Vector]]:
          "gateway", m.forge("user+jwt", "auth", ["gateway"], tenant="acme",
                             ext={"a": [1, 2]}),
          expect="accept", user="alice", chain=[])
-    edge("accept-user-token-aud-string",
-         "A user token whose aud is one string instead of an array: accepted (RFC 7519 "
-         "4.1.3); meshid signers always emit an array for user tokens (spec 3.3).",
-         "gateway", m.forge("user+jwt", "auth", gw), expect="accept", user="alice", chain=[])
+    edge("reject-user-token-aud-string",
+         "A user token whose aud is one string instead of an array: refused, a user token's "
+         "aud is always an array of SPIFFE IDs (spec 3.3).",
+         "gateway", m.forge("user+jwt", "auth", gw), reason="CLAIM_INVALID", hop=0)
     six = m.wrap(m.chain(*hops5), "reporting", "auth")
     mtls("accept-depth-5-with-raised-limit",
          "Six signatures (five wraps) with limits.max_depth = 5 (spec 4.2).",
@@ -590,6 +595,7 @@ def build(work: Path) -> tuple[int, list[Vector]]:
              reason="CLAIM_INVALID", hop=0)
     for label, over, why in [
         ("aud-empty", {"aud": []}, "an empty aud array"),
+        ("aud-not-spiffe", {"aud": ["gateway"]}, "an aud element that is not a SPIFFE ID"),
         ("roles-string", {"roles": "admin"}, "roles as a string instead of an array"),
         ("scope-array", {"scope": ["orders:write"]}, "scope as an array instead of a "
          "space-separated string"),

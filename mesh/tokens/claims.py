@@ -91,21 +91,30 @@ def parse_claims(
         raise ClaimInvalid(f"the {KIND_NAMES[typ]}'s 'sub' claim is longer than {_MAX_SUB_LEN}")
     aud_value = _require(claims, "aud", typ)
     aud: tuple[str, ...]
-    if isinstance(aud_value, str):
-        aud = (aud_value,)
-    elif (
-        isinstance(aud_value, list)
-        and aud_value
-        and all(isinstance(a, str) for a in aud_value)
-    ):
+    if typ == USER:
+        # A user token may be for several edge services: an array of SPIFFE IDs, always.
+        if not (isinstance(aud_value, list) and aud_value
+                and all(isinstance(a, str) for a in aud_value)):
+            raise ClaimInvalid(
+                "the user token's 'aud' claim must be a non-empty array of SPIFFE IDs (spec 3.3)"
+            )
+        for a in aud_value:
+            try:
+                SpiffeId.parse(a)
+            except InvalidSpiffeIdError as err:
+                raise ClaimInvalid(
+                    f"the user token's 'aud' claim holds a value that is not a SPIFFE ID ({err}) "
+                    "(spec 3.3)"
+                ) from err
         aud = tuple(aud_value)
+    elif isinstance(aud_value, str):
+        # A service token is for exactly one callee: one string (compared exactly, so a value
+        # that is not a SPIFFE ID can only fail as AUDIENCE_MISMATCH or CHAIN_BROKEN).
+        aud = (aud_value,)
     else:
         raise ClaimInvalid(
-            f"the {KIND_NAMES[typ]}'s 'aud' claim must be a SPIFFE ID or a non-empty list of them"
-        )
-    if typ != USER and len(aud) != 1:
-        raise ClaimInvalid(
-            f"the {KIND_NAMES[typ]}'s 'aud' claim must name exactly one service (spec 3.3)"
+            f"the {KIND_NAMES[typ]}'s 'aud' claim must be one string, the called service's "
+            "SPIFFE ID (spec 3.3)"
         )
     iat = _int(claims, "iat", typ)
     exp = _int(claims, "exp", typ)
