@@ -89,7 +89,7 @@ class VerifiedTokenCache:
     """LRU of :class:`VerifiedToken` keyed by the token's SHA-256, each expiring with its token."""
 
     def __init__(
-        self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.time
+        self, max_entries: int = 4096, *, clock: Callable[[], float] = time.time
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
