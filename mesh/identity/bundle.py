@@ -90,6 +90,10 @@ class BundleSource(Protocol):
 
     def key_for(self, kid: str) -> BundleKey | None: ...
 
+    def keys(self) -> Mapping[str, BundleKey]:
+        """Every valid token-signing key of the current state, by ``kid`` (read-only)."""
+        ...
+
     def is_revoked(self, cert: x509.Certificate) -> bool: ...
 
     def verify_chain(self, chain: Sequence[x509.Certificate]) -> SpiffeId: ...
@@ -385,6 +389,9 @@ class FileBundleSource:
 
     def kids(self) -> tuple[str, ...]:
         return tuple(self._snapshot().keys)
+
+    def keys(self) -> Mapping[str, BundleKey]:
+        return self._snapshot().keys
 
     def key_for(self, kid: str) -> BundleKey | None:
         key = self._snapshot().keys.get(kid)

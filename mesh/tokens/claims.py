@@ -99,6 +99,8 @@ def parse_claims(
                 "the user token's 'aud' claim must be a non-empty array of SPIFFE IDs (spec 3.3)"
             )
         for a in aud_value:
+            if known is not None and a in known:
+                continue
             try:
                 SpiffeId.parse(a)
             except InvalidSpiffeIdError as err:

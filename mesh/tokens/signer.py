@@ -23,6 +23,7 @@ from mesh.tokens.errors import (
     TokenExpired,
     TypeMismatch,
 )
+from mesh.tokens.result import Hop
 
 DEFAULT_USER_TTL = 900
 DEFAULT_APP_TTL = 60
@@ -133,30 +134,45 @@ class TokenSigner:
         return self._key.sign(claims, APP)
 
     def app_asserted_token(
-        self, upstream: str, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL
+        self, upstream: str, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL, *,
+        verified: Hop | None = None,
     ) -> str:
         """An ``app-asserted+jwt`` wrapping ``upstream`` (the token this service received).
 
-        Reads the upstream's ``sub`` and ``exp`` WITHOUT verifying it (the caller did that on
-        receipt) and never lets the new token outlive it. Raises early, with the verifier's
-        error types, if the upstream is not a token this service may wrap.
+        Reads the upstream's kind, ``aud``, ``sub`` and ``exp`` WITHOUT verifying it (the caller
+        did that on receipt), from ``verified`` (the verifier's outermost :class:`Hop` of
+        ``upstream``, which a channel has at hand) or else by decoding it, and never lets the
+        new token outlive it. Raises early, with the verifier's error types, if the upstream is
+        not a token this service may wrap; an upstream past its ``exp`` is
+        :class:`TokenExpired` (``UNAUTHENTICATED``): a verifier may have accepted it within its
+        clock-skew leeway for the call at hand, but it cannot be carried further (spec 4.4).
         """
-        parsed = jose.parse(upstream)
-        if parsed.typ not in (USER, APP_ASSERTED):
-            kind = KIND_NAMES.get(parsed.typ, repr(parsed.typ[:40]))
+        if verified is not None:
+            typ, up_aud, sub, up_exp = verified.typ, verified.aud, verified.sub, verified.exp
+        else:
+            parsed = jose.parse(upstream)
+            typ = parsed.typ
+            if typ in (USER, APP_ASSERTED):
+                up = parse_claims(typ, parsed.claims, {str(self.spiffe_id): self.spiffe_id})
+                up_aud, sub, up_exp = up.aud, up.sub, up.exp
+        if typ not in (USER, APP_ASSERTED):
+            kind = KIND_NAMES.get(typ, repr(typ[:40]))
             raise TypeMismatch(
                 f"only a user token or an app-asserted token can be wrapped, not a {kind}"
             )
-        up = parse_claims(parsed.typ, parsed.claims)
-        if str(self.spiffe_id) not in up.aud:
+        if str(self.spiffe_id) not in up_aud:
             raise AudienceMismatch(
                 f"the upstream token is not addressed to this service {self.spiffe_id}; "
                 "wrapping it would be rejected downstream (spec 4.5)"
             )
-        claims = self._base(up.sub, str(self._id(aud)), ttl)
-        if up.exp <= claims["iat"]:
-            raise TokenExpired("the upstream token has expired; it cannot be wrapped")
-        claims["exp"] = min(claims["exp"], up.exp)
+        claims = self._base(sub, str(self._id(aud)), ttl)
+        if up_exp <= claims["iat"]:
+            raise TokenExpired(
+                f"the {KIND_NAMES[typ]} this call carries expired {claims['iat'] - up_exp} s "
+                "ago: it was accepted within the allowed clock skew for this call, but cannot "
+                "be carried to another service; the client must get a fresh one (spec 4.4)"
+            )
+        claims["exp"] = min(claims["exp"], up_exp)
         claims["cnf"] = {CNF_THUMBPRINT: self.kid}
         claims["upstream"] = upstream
         return self._key.sign(claims, APP_ASSERTED)
@@ -218,7 +234,8 @@ class RotatingSigner:
         return self.current.app_token(aud, ttl)
 
     def app_asserted_token(
-        self, upstream: str, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL
+        self, upstream: str, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL, *,
+        verified: Hop | None = None,
     ) -> str:
         """See :meth:`TokenSigner.app_asserted_token`."""
-        return self.current.app_asserted_token(upstream, aud, ttl)
+        return self.current.app_asserted_token(upstream, aud, ttl, verified=verified)

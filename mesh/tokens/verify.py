@@ -141,6 +141,16 @@ class Peer:
     headers: Mapping[str, tuple[str, str]] = field(repr=False)
 
 
+class _Known(NamedTuple):
+    """What a bundle generation vouches for, derived once: the exact encoded headers its
+    signing keys' tokens carry (to their ``(typ, kid)``) and the SPIFFE IDs it names (to their
+    parsed form). Exact matches of known-good values, not a cache of tokens."""
+
+    generation: int
+    headers: Mapping[str, tuple[str, str]]
+    ids: Mapping[str, SpiffeId]
+
+
 class _Key(NamedTuple):
     generation: int
     key: BundleKey
@@ -205,10 +215,14 @@ class ChainVerifier:
         # cost far more than a call; a mesh has few peers.
         self._peers: dict[bytes, Peer] = {}
         self._peers_lock = threading.Lock()
+        # The entry of the last call's peer object (one certificate object per connection, or
+        # the PEM bytes gRPC handed over): a repeat needs neither serialising nor hashing it.
+        self._last_peer: tuple[object, Peer] | None = None
         # kid -> the bundle key found and not revoked in a generation, with its python-jose
         # verify key built once: keys and revocations only change with the generation, so this
         # table is exact (see docs/tokens.md, "Caches").
         self._keys: dict[str, _Key] = {}
+        self._known = _Known(-1, {}, self._trusted_ids)
 
     # --- rule 1 --------------------------------------------------------------------------------
 
@@ -233,16 +247,24 @@ class ChainVerifier:
         now: int,
         generation: int,
     ) -> Peer:
-        pem = cert if isinstance(cert, bytes) else cert.public_bytes(serialization.Encoding.PEM)
-        peer = self._peers.get(pem)
-        if peer is None or peer.generation != generation:
-            # Chain building is costly; a peer's certificate is re-checked only when the bundle
-            # or CRL changes (new generation), its validity window on every call.
-            peer = self._check_new_peer(pem, cert, intermediates, generation)
-            with self._peers_lock:
-                if len(self._peers) >= PEER_TABLE_MAX:
-                    self._peers.clear()
-                self._peers[pem] = peer
+        last = self._last_peer
+        if last is not None and last[0] is cert and last[1].generation == generation:
+            peer = last[1]  # the same object as the last call: no PEM, no hash
+        else:
+            pem = cert if isinstance(cert, bytes) else cert.public_bytes(
+                serialization.Encoding.PEM)
+            found = self._peers.get(pem)
+            if found is not None and found.generation == generation:
+                peer = found
+            else:
+                # Chain building is costly; a peer's certificate is re-checked only when the
+                # bundle or CRL changes (new generation), its validity window on every call.
+                peer = self._check_new_peer(pem, cert, intermediates, generation)
+                with self._peers_lock:
+                    if len(self._peers) >= PEER_TABLE_MAX:
+                        self._peers.clear()
+                    self._peers[pem] = peer
+            self._last_peer = (cert, peer)
         if not peer.not_before <= now < peer.not_after:
             raise CertificateUntrusted(
                 f"the peer {peer.spiffe_id}'s certificate is not valid now (spec 4.1)"
@@ -433,7 +455,8 @@ class ChainVerifier:
             if linked is not None:
                 layer = _Layer(hop, digest, linked, linked.kid, linked.claims, None)
             else:
-                layer = self._decode_one(current, digest, hop, peer if hop == 0 else None)
+                layer = self._decode_one(current, digest, hop, peer if hop == 0 else None,
+                                         generation)
             linked = layer.entry.upstream_entry
             layers.append(layer)
             typ = layer.claims.typ
@@ -475,26 +498,26 @@ class ChainVerifier:
             hop += 1
 
     def _decode_one(
-        self, token: str, digest: bytes | None, hop: int, peer: Peer | None
+        self, token: str, digest: bytes | None, hop: int, peer: Peer | None, generation: int
     ) -> _Layer:
         if digest is not None and self.cache is not None:
             cached = self.cache.get(digest)
             if cached is not None:
                 return _Layer(hop, digest, cached, cached.kid, cached.claims, None)
         try:
-            # The peer's own header encodings and the identities already parsed (the peer, the
-            # trusted issuers) spare the outermost token most of its parsing: exact matches
-            # of known-good values, not a cache.
-            parsed = jose.parse(token, peer.headers if peer is not None else None)
+            # The header encodings and identities the peer and the bundle vouch for spare a
+            # token most of its parsing: exact matches of known-good values, not a cache.
+            known = self._known_now(generation)
+            parsed = jose.parse(token, peer.headers if peer is not None else known.headers)
             if parsed.typ not in KINDS:
                 raise TypeMismatch(
                     f"the token type {parsed.typ[:40]!r} is not one of meshid's "
                     f"({', '.join(sorted(KINDS))}) (spec 3.2)"
                 )
-            known = self._trusted_ids
-            if peer is not None:
-                known = {**known, peer.spiffe_text: peer.spiffe_id}
-            claims = parse_claims(parsed.typ, parsed.claims, known)
+            ids = known.ids
+            if peer is not None and peer.spiffe_text not in ids:
+                ids = {**ids, peer.spiffe_text: peer.spiffe_id}
+            claims = parse_claims(parsed.typ, parsed.claims, ids)
         except TokenError as err:
             raise err.at_hop(hop) from err.__cause__
         upstream = claims.upstream
@@ -511,6 +534,17 @@ class ChainVerifier:
             user_claims=_freeze(claims.raw) if claims.typ == USER else None,
         )
         return _Layer(hop, digest, entry, parsed.kid, claims, parsed)
+
+    def _known_now(self, generation: int) -> _Known:
+        known = self._known
+        if known.generation == generation:
+            return known
+        keys = self.bundle.keys()
+        headers = {jose.encoded_header(typ, kid): (typ, kid) for kid in keys for typ in KINDS}
+        ids = {**self._trusted_ids, **{str(k.spiffe_id): k.spiffe_id for k in keys.values()}}
+        known = _Known(generation, headers, ids)
+        self._known = known
+        return known
 
     # rule 4: the outermost token is the peer's own
     def _check_outermost(self, layer: _Layer, peer: Peer, now: int) -> None:

@@ -65,7 +65,10 @@ class TokenMinter:
             if hit is not None and now < hit[1]:
                 return hit[2]
         if upstream is not None and inbound is not None:
-            token = self._signer.app_asserted_token(upstream, aud=self.callee, ttl=self._ttl)
+            # The verifier's outermost hop of the inbound token: no need to decode it again.
+            hop = inbound.hops[0] if inbound.hops else None
+            token = self._signer.app_asserted_token(upstream, aud=self.callee, ttl=self._ttl,
+                                                    verified=hop)
             expires = min(now + self._ttl, float(inbound.expires_at))
         else:
             token = self._signer.app_token(self.callee, ttl=self._ttl)

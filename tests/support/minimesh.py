@@ -444,6 +444,13 @@ class MiniMesh:
         channel: AioMeshChannel = self.aio.run(make())
         return channel
 
+    def outside_channel(self, port: int, callee: str) -> grpc.Channel:
+        """A plain gRPC client outside the mesh: server TLS only (the CA's roots, the callee's
+        pinned name), no client certificate; what calls an edge port."""
+        return grpc.secure_channel(
+            f"127.0.0.1:{port}", grpc.ssl_channel_credentials(self.ca.roots_path.read_bytes()),
+            options=[("grpc.ssl_target_name_override", self.td.service_dns_name(callee))])
+
     @contextlib.contextmanager
     def as_user_call(self, service: str, token: str) -> Iterator[None]:
         """Act as edge service ``service`` handling a user call: the token is verified as an

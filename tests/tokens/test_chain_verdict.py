@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -57,6 +57,9 @@ class CountingBundle:
     def key_for(self, kid: str) -> BundleKey | None:
         self.looked_up.append(kid)
         return self.inner.key_for(kid)
+
+    def keys(self) -> Mapping[str, BundleKey]:
+        return self.inner.keys()
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         return self.inner.is_revoked(cert)

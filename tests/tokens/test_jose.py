@@ -86,3 +86,14 @@ def test_header_checks_are_remembered_only_for_valid_headers(mesh: Any) -> None:
     for _ in range(2):  # a rejected header is never cached as good
         with pytest.raises(E.HeaderInvalid):
             jose.parse(token)
+
+
+def test_the_signer_emits_exactly_the_header_the_verifier_knows(mesh: Any) -> None:
+    """The verifier skips parsing a header equal to ``encoded_header(typ, kid)``: that must be
+    byte for byte what our signer emits, else the fast path silently never applies."""
+    from mesh.tokens.jose import encoded_header
+
+    token = mesh.signers["gateway"].app_token(mesh.id("orders"))
+    assert token.split(".")[0] == encoded_header("app+jwt", mesh.kid("gateway"))
+    user = mesh.user_token("gateway")
+    assert user.split(".")[0] == encoded_header("user+jwt", mesh.kid("auth"))
