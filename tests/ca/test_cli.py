@@ -137,7 +137,7 @@ BAD_ARGS: list[tuple[str, list[str], str]] = [
     ("garbage csr", ["issue", "a", "--csr", "@junk"], "not a readable PEM certificate signing"),
     ("rsa csr", ["issue", "a", "--csr", "@rsa"], "not ECDSA P-256"),
     ("csr with two names", ["issue", "a", "b", "--csr", "@ec"], "one service per CSR"),
-    ("unknown serial", ["revoke", "--serial", "abcdef"], "no certificate with serial abcdef"),
+    ("unknown serial", ["revoke", "--serial", "abcdef"], "serial 00000000000000000000000000abcdef"),
     ("non-hex serial", ["revoke", "--serial", "xyz"], "not a hexadecimal number"),
     ("unknown name", ["revoke", "--name", "ghost"], "'ghost' has never been issued"),
     (
