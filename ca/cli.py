@@ -325,9 +325,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        shown = action.default not in (None, False, [], argparse.SUPPRESS)
-        if shown and "default" not in text and action.option_strings:
-            text += " (default: %(default)s)"
+        if not action.option_strings or "default" in text:
+            return text
+        if action.default is False:
+            return text + " (default: off)"
+        if action.default not in (None, [], argparse.SUPPRESS):
+            return text + " (default: %(default)s)"
         return text
 
 
