@@ -182,8 +182,11 @@ class StagedFiles:
             raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         self._pending.append((tmp, path))
 
-    def commit(self, after_each: Callable[[Path], None] | None = None) -> None:
-        """Move every file into place in the order staged, then fsync their folders.
+    def commit(
+        self, after_each: Callable[[Path], None] | None = None, *, sync_dirs: bool = True
+    ) -> None:
+        """Move every file into place in the order staged, then fsync their folders (unless
+        ``sync_dirs`` is False: a later commit to the same folders fsyncs them).
 
         ``after_each(path)`` runs after each replace (the crash tests stop there).
         """
@@ -194,7 +197,7 @@ class StagedFiles:
                 dirs.add(path.parent)
                 if after_each is not None:
                     after_each(path)
-            for d in dirs:
+            for d in dirs if sync_dirs else ():
                 fsync_dir(d)
         except OSError as err:
             self.discard()

@@ -225,7 +225,9 @@ class Publisher:
         try:
             # The bundle goes first: a service that picks up a new key must never sign with a
             # kid verifiers cannot find yet. crl.pem goes last: it marks the end.
-            front.commit(after_each=_published)
+            # Durable before any folder switches to a key it lists; with no folder to switch,
+            # the fsync of the CA folder after crl.pem covers it.
+            front.commit(after_each=_published, sync_dirs=bool(sets))
             for folder, set_dir in sets:
                 if not svidfolder.install(Path(folder), set_dir) and notes is not None:
                     notes.append(f"the new files for {folder} were gone; it keeps its old set")

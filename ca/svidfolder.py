@@ -117,14 +117,14 @@ def install(folder: Path, set_dir: str) -> bool:
             if _migrate(folder, names):
                 crashpoints.reached("svid-migrated")
             fsio.replace_symlink(folder, DATA_LINK, set_dir)
-            fsio.fsync_dir(folder)
             crashpoints.reached("svid-switched")
         for name in names:
             if not our_link(folder / name):
                 fsio.replace_symlink(folder, name, f"{DATA_LINK}/{name}")
-        fsio.fsync_dir(folder)
         crashpoints.reached("svid-linked")
         _clean(folder, keep=set_dir)
+        # One fsync for the switch, the links and the removal, before the caller publishes
+        # anything saying they are done (crl.pem).
         fsio.fsync_dir(folder)
         crashpoints.reached("svid-cleaned")
     except OSError as err:
