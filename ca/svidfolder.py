@@ -129,7 +129,8 @@ def install(folder: Path, set_dir: str) -> bool:
         crashpoints.reached("svid-cleaned")
     except OSError as err:
         raise OutputError(
-            f"cannot switch {folder} to its new files: {err.strerror or err}"
+            f"cannot switch {folder} to its new files ({err.strerror or err}): make it "
+            "writable again, or remove it to leave it out"
         ) from err
     return True
 

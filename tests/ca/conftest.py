@@ -131,7 +131,8 @@ def _check_svid_folder(
     assert chain[0].serial_number == latest, folder
     assert x509.load_pem_x509_certificates((folder / "svid_bundle.pem").read_bytes()) == roots
     for name in SVID_NAMES & entries:
-        if current is not None:
+        own_key = name == "svid_key.pem" and not (folder / name).is_symlink()
+        if current is not None and not own_key:  # a service may keep its key as a plain file
             assert os.readlink(folder / name) == f"..data/{name}", (folder, name)
         mode = stat.S_IMODE((folder / name).stat().st_mode)
         assert mode == (0o600 if name == "svid_key.pem" else 0o644), (folder, name, oct(mode))

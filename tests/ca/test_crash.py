@@ -271,3 +271,27 @@ def test_a_migrated_folder_keeps_its_set_until_the_switch(world: World) -> None:
     folder = world.out / "c"
     assert os.readlink(folder / "svid.pem") == "..data/svid.pem"
     assert {n: (folder / n).read_bytes() for n in before} == before
+
+
+@pytest.mark.slow
+def test_a_service_keeping_its_own_plain_key_keeps_it(world: World, consistent: Check) -> None:
+    """A CSR renewal into a plain-file folder whose svid_key.pem is the service's own: the
+    certificate and bundle become links, the key stays the very same plain file, and no copy
+    of it lands in any set of ours, even when the command is killed halfway."""
+    folder = world.out / "b"
+    key = serialization.load_pem_private_key((folder / "svid_key.pem").read_bytes(), None)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b")]))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    (world.root / "b.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    own = (folder / "svid_key.pem").read_bytes()
+    argv = ["mesh-ca", "renew", "b", "--csr", str(world.root / "b.csr"), "--out", "{out}"]
+    assert world.run(argv, crash="svid-migrated").returncode == -signal.SIGKILL
+    assert world.run(["mesh-ca", "list"]).returncode == 0
+    consistent(world.ca_dir, [world.out])
+    assert not (folder / "svid_key.pem").is_symlink()
+    assert (folder / "svid_key.pem").read_bytes() == own
+    assert os.readlink(folder / "svid.pem") == "..data/svid.pem"
+    assert not list(folder.glob("..svid-*/svid_key.pem"))
