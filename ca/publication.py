@@ -162,13 +162,24 @@ class Publisher:
         now: datetime,
         plan_sets: Callable[[], list[svidfolder.SetPlan]] | None = None,
         notes: list[str] | None = None,
+        *,
+        publish: bool = True,
     ) -> T:
-        """Apply ``apply`` (registry writes) and publish; ``plan_sets`` names SVID folders."""
+        """Apply ``apply`` (registry writes) and publish; ``plan_sets`` names SVID folders.
+
+        ``publish=False``: a registry change that nothing published depends on (no new CRL
+        number, no file written); it still runs after the repair, under the lock.
+        """
         with self.lock(), _registry_errors():
             crashpoints.reached("locked")
             repairs = self._recover_locked()
             if notes is not None:
                 notes.extend(repairs)
+            if not publish:
+                if plan_sets is not None:
+                    raise ValueError("SVID folders are written only by a published change")
+                with self._registry.transaction():
+                    return apply()
             plans = plan_sets() if plan_sets is not None else []
             keys = [p.key for p in plans]
             if plans:

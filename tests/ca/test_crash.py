@@ -295,3 +295,18 @@ def test_a_service_keeping_its_own_plain_key_keeps_it(world: World, consistent: 
     assert (folder / "svid_key.pem").read_bytes() == own
     assert os.readlink(folder / "svid.pem") == "..data/svid.pem"
     assert not list(folder.glob("..svid-*/svid_key.pem"))
+
+
+def test_an_unpublished_change_still_repairs_first(world: World) -> None:
+    """A registry-only change (publish=False, for tables nothing published depends on) runs
+    after the repair of a killed command and leaves the publication marker where it is."""
+    assert world.run(COMMANDS["revoke"][0], crash="after-commit").returncode == -signal.SIGKILL
+    with CertificateAuthority.open(world.ca_dir) as ca:
+        assert any("finished an interrupted publication" in n for n in ca.repairs)
+        number = ca._registry.get_meta("crl_number")
+        ca._publisher.change(
+            lambda: ca._registry.set_meta("note", "x"), ca.root_cert.not_valid_before_utc,
+            publish=False,
+        )
+        assert ca._registry.get_meta("crl_number") == number
+        assert ca._registry.get_meta("note") == "x"
