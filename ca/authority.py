@@ -1,12 +1,10 @@
 """The certificate authority: create or open a CA folder, issue, renew and revoke SVIDs.
 
-Every change is ONE registry transaction plus the publication of ``bundle.spiffe.json``,
-``svid_bundle.pem`` and ``crl.pem`` (and, when asked, the service's own files), all under an
-exclusive ``fcntl`` lock on ``<ca_dir>/.lock``: the published bundle always matches the
-registry, whatever number of processes issue at once. Outputs are staged as temporary files
-while the transaction is open; any failure rolls the transaction back and deletes them, so
-the registry and every file stay exactly as they were. Keys and certificates are built
-before the lock is taken, so concurrent issuers only queue for the short write.
+Every change is ONE registry transaction followed by the publication of
+``bundle.spiffe.json``, ``svid_bundle.pem`` and ``crl.pem`` (and, when asked, the services'
+own files), all under an exclusive lock: :mod:`ca.publication` holds the protocol that keeps
+them consistent even when the process is killed at any instant. Keys and certificates are
+built before the lock is taken, so concurrent issuers only queue for the short write.
 """
 
 from __future__ import annotations
@@ -14,28 +12,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca import fsio
+from ca import crashpoints, fsio
 from ca.bundle import der_of, ec_coordinates, render_bundle
 from ca.crl import build_crl, parse_reason
 from ca.errors import (
-    AlreadyRevoked,
     BadCSR,
-    CAError,
     CAExists,
     CAKeyMismatch,
     CANotFound,
@@ -47,8 +42,11 @@ from ca.errors import (
     UnknownSerial,
     UnknownService,
 )
+from ca.parsing import format_serial
+from ca.publication import LOCK_FILE, Publisher
 from ca.registry import SCHEMA_VERSION, CertRecord, Registry
 from ca.svid import IssuedSVID
+from ca.svidfolder import SetPlan
 from ca.templates import (
     INTERMEDIATE_LIFETIME,
     ROOT_LIFETIME,
@@ -74,8 +72,6 @@ from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
 
 __all__ = ["DEFAULT_TTL", "CertificateAuthority", "IssuedSVID"]
 
-T = TypeVar("T")
-
 DEFAULT_TTL = timedelta(hours=24)
 # Leaves start a minute in the past so a peer whose clock lags slightly accepts them at once.
 LEAF_BACKDATE = timedelta(seconds=60)
@@ -84,7 +80,6 @@ ROOT_CERT = "root_cert.pem"
 ROOT_KEY = "root_key.pem"
 INTERMEDIATE_CERT = "intermediate_cert.pem"
 INTERMEDIATE_KEY = "intermediate_key.pem"
-LOCK_FILE = ".lock"
 BUNDLE_JSON = "bundle.spiffe.json"
 BUNDLE_PEM = "svid_bundle.pem"
 CRL_PEM = "crl.pem"
@@ -117,6 +112,12 @@ class CertificateAuthority:
         self._issuer_aki = authority_key_id(self.issuer_cert)
         self._registry = registry
         self._thread_lock = threading.RLock()
+        self._publisher = Publisher(
+            ca_dir, registry, self._thread_lock, (BUNDLE_JSON, BUNDLE_PEM, CRL_PEM),
+            self._render_publication,
+        )
+        # What opening this CA and its changes repaired after a killed command, in sentences.
+        self.repairs: list[str] = []
 
     # ---- creation -------------------------------------------------------------------------
 
@@ -151,21 +152,30 @@ class CertificateAuthority:
                 raise CAExists(f"{ca_dir} is not empty; a CA needs a folder of its own")
         try:
             ca_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=ca_dir.parent, prefix=f".{ca_dir.name}.init-"))
+            _remove_abandoned_inits(ca_dir)
+            tmp = Path(tempfile.mkdtemp(dir=ca_dir.parent, prefix=_init_prefix(ca_dir)))
+            # Held until this process ends: tells a later init that the folder is in use.
+            busy = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             raise OutputError(f"cannot create the CA folder {ca_dir}: {err.strerror}") from err
         try:
+            fcntl.flock(busy, fcntl.LOCK_EX)
+            crashpoints.reached("init-temp-dir")
             cls._populate(tmp, td, intermediate, root_lifetime, intermediate_lifetime)
+            crashpoints.reached("init-populated")
             try:
                 os.rename(tmp, ca_dir)
             except OSError as err:
                 if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                     raise CAExists(f"{ca_dir} was created by someone else meanwhile") from err
                 raise OutputError(f"cannot create {ca_dir}: {err.strerror}") from err
+            crashpoints.reached("init-renamed")
             fsio.fsync_dir(ca_dir.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(busy)
         return cls.open(ca_dir)
 
     @staticmethod
@@ -182,6 +192,7 @@ class CertificateAuthority:
             root_key, td, now, path_length=1 if intermediate else 0, lifetime=root_lifetime
         )
         fsio.atomic_write(folder / ROOT_KEY, fsio.key_pem(root_key), fsio.KEY_MODE)
+        crashpoints.reached("init-root-key")
         fsio.atomic_write(folder / ROOT_CERT, fsio.cert_pem([root]))
         chain: list[x509.Certificate] = []
         issuer, issuer_key = root, root_key
@@ -217,6 +228,8 @@ class CertificateAuthority:
         """Open an existing CA; check that each key matches its certificate."""
         ca_dir = Path(ca_dir)
         if not ca_dir.is_dir():
+            with contextlib.suppress(OSError):
+                _remove_abandoned_inits(ca_dir)  # a killed init leaves its root key there
             raise CANotFound(f"there is no CA folder at {ca_dir}; create one with mesh-ca init")
         if not (ca_dir / ROOT_CERT).is_file():
             raise CANotFound(f"{ca_dir} holds no CA ({ROOT_CERT} is missing)")
@@ -242,7 +255,13 @@ class CertificateAuthority:
         except BaseException:
             registry.close()
             raise
-        return cls(ca_dir, td, root, intermediate, registry)
+        ca = cls(ca_dir, td, root, intermediate, registry)
+        try:
+            ca.repairs.extend(ca._publisher.recover())
+        except BaseException:
+            ca.close()
+            raise
+        return ca
 
     @staticmethod
     def _load_pair(
@@ -287,6 +306,12 @@ class CertificateAuthority:
     def crl_path(self) -> Path:
         return self.ca_dir / CRL_PEM
 
+    @property
+    def root_fingerprint(self) -> str:
+        """SHA-256 over the root certificate's DER, lowercase hex: what a node pins the root
+        by (the form ``step ca bootstrap --fingerprint`` takes)."""
+        return hashlib.sha256(der_of(self.root_cert)).hexdigest()
+
     def records(self) -> list[CertRecord]:
         """Every certificate in the registry, oldest first."""
         # The thread lock keeps a reader off the shared connection while another thread's
@@ -298,7 +323,9 @@ class CertificateAuthority:
         with self._thread_lock:
             rec = self._registry.by_serial(serial)
         if rec is None:
-            raise UnknownSerial(f"no certificate with serial {serial:x} was issued by this CA")
+            raise UnknownSerial(
+                f"no certificate with serial {format_serial(serial)} was issued by this CA"
+            )
         return rec
 
     # ---- issuance -------------------------------------------------------------------------
@@ -382,12 +409,12 @@ class CertificateAuthority:
             for rec in records:
                 self._registry.insert(rec)
 
-        def outputs(staged: fsio.StagedFiles) -> None:
-            if out_dir is not None:
-                for svid in svids:
-                    svid.stage_to(Path(out_dir) / svid.name, staged)
+        def plan_sets() -> list[SetPlan]:
+            return [svid.plan_set(Path(str(out_dir)) / svid.name) for svid in svids]
 
-        self._change(apply, now, outputs)
+        self._publisher.change(
+            apply, now, plan_sets if out_dir is not None else None, self.repairs
+        )
         return svids
 
     def renew(
@@ -423,7 +450,9 @@ class CertificateAuthority:
     ) -> list[int]:
         """Revoke one certificate by serial, or every unrevoked one of a service by name.
 
-        Returns the revoked serials. The CRL and the bundle are republished at once.
+        Returns the serials revoked now: empty when every one named was revoked already. The
+        CRL and the bundle are republished in either case, so repeating a revocation is how
+        to make sure it is published.
         """
         if (serial is None) == (name is None):
             raise InvalidInput("revoke needs exactly one of a serial or a service name")
@@ -441,27 +470,24 @@ class CertificateAuthority:
                 rec = self._registry.by_serial(serial)
                 if rec is None:
                     raise UnknownSerial(
-                        f"no certificate with serial {serial:x} was issued by this CA"
+                        f"no certificate with serial {format_serial(serial)} was issued by "
+                        "this CA"
                     )
-                if rec.status == "revoked":
-                    raise AlreadyRevoked(f"certificate {serial:x} is already revoked")
                 targets = [rec]
             else:
-                history = self._registry.by_name(str(name))
-                if not history:
-                    raise UnknownService(f"service {name!r} has never been issued a certificate")
-                targets = [r for r in history if r.status == "valid"]
+                targets = self._registry.by_name(str(name))
                 if not targets:
-                    raise AlreadyRevoked(f"every certificate of {name!r} is already revoked")
-            for rec in targets:
+                    raise UnknownService(f"service {name!r} has never been issued a certificate")
+            fresh = [rec for rec in targets if rec.status == "valid"]
+            for rec in fresh:
                 self._registry.mark_revoked(rec.serial, int(now.timestamp()), canonical)
-            return [rec.serial for rec in targets]
+            return [rec.serial for rec in fresh]
 
-        return self._change(apply, now)
+        return self._publisher.change(apply, now, notes=self.repairs)
 
     def publish(self) -> None:
         """Re-sign the CRL (fresh next-update) and rewrite the bundle from the registry."""
-        self._change(lambda: None, _now())
+        self._publisher.change(lambda: None, _now(), notes=self.repairs)
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -580,61 +606,44 @@ class CertificateAuthority:
         )
         return svid, rec
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Serialise whole operations across threads (RLock) and processes (flock)."""
-        with self._thread_lock:
-            try:
-                fd = os.open(self.ca_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as err:
-                raise CorruptCA(f"cannot open the CA lock file: {err.strerror}") from err
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing the descriptor releases the lock
-
-    def _change(
-        self,
-        apply: Callable[[], T],
-        now: datetime,
-        outputs: Callable[[fsio.StagedFiles], None] | None = None,
-    ) -> T:
-        staged = fsio.StagedFiles()
-        with self._exclusive():
-            try:
-                try:
-                    with self._registry.transaction():
-                        result = apply()
-                        # The bundle goes into place before the SVID files: a service that
-                        # picks up its new key must never sign with a kid verifiers cannot
-                        # find yet (files are replaced in the order they were staged).
-                        self._stage_publication(staged, now)
-                        if outputs is not None:
-                            outputs(staged)
-                except sqlite3.IntegrityError as err:
-                    raise CAError(
-                        "the registry refused the change (duplicate serial or thumbprint); "
-                        "nothing was changed, try again"
-                    ) from err
-                except sqlite3.Error as err:
-                    raise CorruptCA(f"the registry could not be updated: {err}") from err
-            except BaseException:
-                staged.discard()
-                raise
-            staged.commit()
-        return result
-
-    def _stage_publication(self, staged: fsio.StagedFiles, now: datetime) -> None:
+    def _render_publication(self, now: datetime) -> tuple[int, list[tuple[Path, bytes]]]:
+        """Inside the change's transaction: new counters, then every published file (crl.pem
+        last: its CRL number marks the publication complete, see :mod:`ca.publication`)."""
         reg = self._registry
         sequence = reg.bump("spiffe_sequence")
         number = reg.bump("crl_number")
         active = reg.bundle_keys(int(now.timestamp()))
-        staged.add(
-            self.ca_dir / BUNDLE_JSON,
-            render_bundle(self.roots, self.intermediates, active, sequence=sequence),
-        )
-        staged.add(self.ca_dir / BUNDLE_PEM, fsio.cert_pem(self.roots))
         crl = build_crl(self.issuer_cert, self._issuer_key, reg.revoked(), number=number, now=now)
-        staged.add(self.ca_dir / CRL_PEM, crl.public_bytes(serialization.Encoding.PEM))
+        return number, [
+            (
+                self.ca_dir / BUNDLE_JSON,
+                render_bundle(self.roots, self.intermediates, active, sequence=sequence),
+            ),
+            (self.ca_dir / BUNDLE_PEM, fsio.cert_pem(self.roots)),
+            (self.ca_dir / CRL_PEM, crl.public_bytes(serialization.Encoding.PEM)),
+        ]
 
+
+def _init_prefix(ca_dir: Path) -> str:
+    return f".{ca_dir.name}.init-"
+
+
+def _remove_abandoned_inits(ca_dir: Path) -> None:
+    """Remove the temporary folders of killed ``init`` runs for ``ca_dir`` (they may hold a
+    root key). A running init holds an ``flock`` on its folder, so it is never touched."""
+    prefix = _init_prefix(ca_dir)
+    for entry in os.scandir(ca_dir.parent):
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its init is still running
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)

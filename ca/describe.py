@@ -14,7 +14,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.lint import Finding, extensions_readable, lint, role_of
-from ca.parsing import format_duration
+from ca.parsing import format_duration, format_serial
 from mesh.identity.certs import thumbprint
 
 _EKU_NAMES = {
@@ -137,7 +137,7 @@ def summary(cert: x509.Certificate, now: datetime | None = None) -> dict[str, An
         "role": role_of(cert),
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
-        "serial": format(serial_of(cert), "x"),
+        "serial": format_serial(serial_of(cert)),
         "uris": uris,
         "dns": dns,
         "ips": ips,

@@ -97,6 +97,9 @@ class UnknownService(CAError, LookupError):
 
 
 class AlreadyRevoked(CAError):
+    """For callers that report a revocation that changed nothing. ``revoke`` does not raise
+    it: a repeat republishes, which is how to make sure a revocation is out."""
+
     reason = "ALREADY_REVOKED"
 
 

@@ -2,15 +2,22 @@
 
 Every output goes to a temporary file in the destination folder, is fsynced, then moved into
 place with ``os.replace``: a reader sees the old file or the new one, never half of either.
-Private keys are created 0600 from the start (``mkstemp``), never widened later.
+Every temporary file is created 0600 (``O_EXCL``) and only widened, to a public file's mode,
+once its content is written: key material never sits in a file another user may open.
+
+Temporary names follow one pattern, ``.<final name>.<8 random characters>.tmp``, so the next
+run can remove what a killed one left behind (:func:`remove_stale_temps`) without touching any
+file that is not ours.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -81,19 +88,81 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _temp_name(final: str) -> str:
+    # 8 characters of [0-9a-f]: within the [a-z0-9_]{8} that mkstemp uses and TEMP_NAME matches.
+    return f".{final}.{secrets.token_hex(4)}.tmp"
+
+
+TEMP_NAME = re.compile(r"\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def write_new(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
+    """Create ``path`` (it must not exist) 0600, write and fsync ``data``, then set ``mode``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            if mode != 0o600:
+                os.fchmod(fh.fileno(), mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    # mkstemp: O_CREAT | O_EXCL, mode 0600, name ".<final>.<8 random>.tmp" (TEMP_NAME).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            if mode != 0o600:
+                os.fchmod(fh.fileno(), mode)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return Path(tmp)
+
+
+def replace_symlink(folder: Path, name: str, target: str) -> None:
+    """Make ``folder/name`` a symlink to ``target`` in one ``rename`` (never absent meanwhile)."""
+    tmp = folder / _temp_name(name)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, folder / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_stale_temps(folder: Path, finals: Iterable[str]) -> int:
+    """Delete the temporary files a killed run left in ``folder`` for the names in ``finals``.
+
+    Only names of our pattern whose final name is one we write are touched; callers hold the
+    lock that serialises every writer of ``folder``, so none of them is in use.
+    """
+    wanted = set(finals)
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        match = TEMP_NAME.fullmatch(entry.name)
+        if match is None or match["final"] not in wanted:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
 
 
 class StagedFiles:
@@ -113,13 +182,22 @@ class StagedFiles:
             raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         self._pending.append((tmp, path))
 
-    def commit(self) -> None:
+    def commit(
+        self, after_each: Callable[[Path], None] | None = None, *, sync_dirs: bool = True
+    ) -> None:
+        """Move every file into place in the order staged, then fsync their folders (unless
+        ``sync_dirs`` is False: a later commit to the same folders fsyncs them).
+
+        ``after_each(path)`` runs after each replace (the crash tests stop there).
+        """
         dirs: set[Path] = set()
         try:
             for tmp, path in self._pending:
                 os.replace(tmp, path)
                 dirs.add(path.parent)
-            for d in dirs:
+                if after_each is not None:
+                    after_each(path)
+            for d in dirs if sync_dirs else ():
                 fsync_dir(d)
         except OSError as err:
             self.discard()

@@ -1,4 +1,5 @@
-"""Parsers for what people type: lifetimes (``24h``, ``1h30m``) and serials (hex)."""
+"""Parsers for what people type: lifetimes (``24h``, ``1h30m``) and serials (hex), and the one
+way serials are printed."""
 
 from __future__ import annotations
 
@@ -43,13 +44,26 @@ def format_duration(delta: timedelta, *, units: int = 4) -> str:
     return "".join(parts[:units])
 
 
+SERIAL_DIGITS = 32  # a 128-bit serial, as this CA makes them
+
+
+def format_serial(serial: int) -> str:
+    """The one way serials are printed: lowercase hex, zero-padded to 32 digits (longer only
+    for a foreign certificate's serial above 128 bits; ``-`` before a foreign negative one)."""
+    sign = "-" if serial < 0 else ""
+    return sign + format(abs(serial), f"0{SERIAL_DIGITS}x")
+
+
 def parse_serial(text: str) -> int:
-    """A serial as this CA and openssl print it: hex, optional ``0x`` and ``:`` separators."""
+    """A serial as this CA and openssl print it: hex in any case, with or without leading
+    zeros, an optional ``0x`` prefix and ``:`` separators (``0A:1B``, as some tools print)."""
     cleaned = text.strip().lower().replace(":", "") if isinstance(text, str) else ""
     cleaned = cleaned.removeprefix("0x")
-    if not cleaned or len(cleaned) > 40 or not re.fullmatch(r"[0-9a-f]+", cleaned):
+    if not cleaned or not re.fullmatch(r"[0-9a-f]+", cleaned):
         raise InvalidSerial(f"serial {text!r} is not a hexadecimal number of up to 20 bytes")
     value = int(cleaned, 16)
     if value == 0:
         raise InvalidSerial("serial 0 is invalid: serials are positive")
+    if value.bit_length() > 160:
+        raise InvalidSerial(f"serial {text!r} is not a hexadecimal number of up to 20 bytes")
     return value

@@ -46,10 +46,33 @@ CREATE TABLE IF NOT EXISTS certs (
 CREATE INDEX IF NOT EXISTS certs_by_name ON certs (name);
 """
 
+# The SVID folders a change is writing (docs/ca.md, "Safety under failure and concurrency").
+# A row is recorded, and committed, before its hidden set folder is written; the change's own
+# transaction then sets ``generation`` (its CRL number). After a crash the next command
+# removes the sets of rows without a generation (never committed) and installs those whose
+# generation crl.pem does not show yet. Added without a schema version bump: a CA made before
+# it gains the table on first open.
+_PENDING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending_svid_sets (
+    folder     TEXT NOT NULL,
+    set_dir    TEXT NOT NULL,
+    generation INTEGER,
+    PRIMARY KEY (folder, set_dir)
+);
+"""
+
 _COLUMNS = (
     "serial, name, spiffe_id, not_before, not_after, issued_at, thumbprint, status, "
     "revoked_at, reason, dns, ips, ttl, own_key, der, jwk_x, jwk_y"
 )
+
+
+class PendingSet(NamedTuple):
+    """An SVID set being written: ``folder`` (absolute) and the hidden ``set_dir`` in it."""
+
+    folder: str
+    set_dir: str
+    generation: int | None
 
 
 class BundleKeyRow(NamedTuple):
@@ -155,7 +178,7 @@ class Registry:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             if create:
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(_SCHEMA + _PENDING_SCHEMA)
             else:
                 version = self.get_meta("schema_version")
                 if version != SCHEMA_VERSION:
@@ -163,8 +186,16 @@ class Registry:
                         f"the registry {path.name} has schema version {version!r}, "
                         f"expected {SCHEMA_VERSION!r}"
                     )
+                self._add_pending_table()
         except sqlite3.Error as err:
             raise CorruptCA(f"the registry {path.name} cannot be read: {err}") from err
+
+    def _add_pending_table(self) -> None:
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_svid_sets'"
+        ).fetchone()
+        if exists is None:  # a CA made before the table existed: one write, once
+            self._db.executescript(_PENDING_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -250,4 +281,36 @@ class Registry:
             "UPDATE certs SET status = 'revoked', revoked_at = ?, reason = ? "
             "WHERE serial = ? AND status = 'valid'",
             (at, reason, format(serial, "x")),
+        )
+
+    # ---- the SVID sets being written -----------------------------------------------------
+
+    def pending_sets(self) -> list[PendingSet]:
+        rows = self._db.execute(
+            "SELECT folder, set_dir, generation FROM pending_svid_sets ORDER BY rowid"
+        ).fetchall()
+        return [PendingSet(str(f), str(d), None if g is None else int(g)) for f, d, g in rows]
+
+    def add_pending_sets(self, sets: list[tuple[str, str]]) -> None:
+        self._db.executemany(
+            "INSERT INTO pending_svid_sets (folder, set_dir, generation) VALUES (?, ?, NULL)",
+            sets,
+        )
+
+    def commit_pending_sets(self, sets: list[tuple[str, str]], generation: int) -> None:
+        self._db.executemany(
+            "UPDATE pending_svid_sets SET generation = ? WHERE folder = ? AND set_dir = ?",
+            [(generation, f, d) for f, d in sets],
+        )
+
+    def drop_pending_sets(self, sets: list[tuple[str, str]]) -> None:
+        self._db.executemany(
+            "DELETE FROM pending_svid_sets WHERE folder = ? AND set_dir = ?", sets
+        )
+
+    def drop_installed_sets(self, published: int) -> None:
+        """Forget the sets of every publication up to ``published``: they are installed."""
+        self._db.execute(
+            "DELETE FROM pending_svid_sets WHERE generation IS NOT NULL AND generation <= ?",
+            (published,),
         )

@@ -1,10 +1,12 @@
 """IssuedSVID: one issued X.509-SVID, and how it is written to a service's identity folder.
 
-File names and modes follow spec 2.1 (spiffe-helper compatible).
+File names and modes follow spec 2.1 (spiffe-helper compatible); how a folder switches from one
+set of files to the next at once: :mod:`ca.svidfolder`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,13 +16,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca import fsio
+from ca import fsio, svidfolder
 from ca.errors import InvalidInput, OutputError
+from ca.svidfolder import SVID_BUNDLE_PEM, SVID_KEY_PEM, SVID_PEM
 from mesh.identity.spiffeid import SpiffeId
 
-SVID_PEM = "svid.pem"
-SVID_KEY_PEM = "svid_key.pem"
-SVID_BUNDLE_PEM = "svid_bundle.pem"
+__all__ = ["SVID_BUNDLE_PEM", "SVID_KEY_PEM", "SVID_PEM", "IssuedSVID"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,32 +52,40 @@ class IssuedSVID:
             )
         return fsio.key_pem(self.private_key)
 
-    def stage_to(self, directory: Path, staged: fsio.StagedFiles) -> None:
-        """Stage svid.pem, svid_key.pem (0600) and svid_bundle.pem for an atomic replace.
+    def plan_set(self, directory: Path) -> svidfolder.SetPlan:
+        """The set of files ``directory`` will switch to (see :mod:`ca.svidfolder`).
 
-        The certificate goes last: file watchers reload on svid.pem, and by then the key it
-        needs is already in place.
+        With a CSR the service keeps its key: a plain ``svid_key.pem`` of its own stays as it
+        is, and one this CA wrote before is carried into the new set (it must be the CSR's).
         """
+        directory = Path(directory).absolute()
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(
                 f"cannot create the output folder {directory}: {err.strerror or err}"
             ) from err
-        if self.private_key is None:
-            self._check_kept_key(directory / SVID_KEY_PEM)
-        staged.add(directory / SVID_BUNDLE_PEM, self.bundle_pem(), fsio.PUBLIC_MODE)
-        if self.private_key is not None:
-            staged.add(directory / SVID_KEY_PEM, self.key_pem(), fsio.KEY_MODE)
-        staged.add(directory / SVID_PEM, self.chain_pem(), fsio.PUBLIC_MODE)
+        if not directory.is_dir():
+            raise OutputError(f"cannot use {directory} as an output folder: it is not a folder")
+        key_path = directory / svidfolder.SVID_KEY_PEM
+        key = self.key_pem() if self.private_key is not None else self._kept_key(key_path)
+        files = [(svidfolder.SVID_BUNDLE_PEM, self.bundle_pem())]
+        if key is not None:
+            files.append((svidfolder.SVID_KEY_PEM, key))
+        files.append((svidfolder.SVID_PEM, self.chain_pem()))
+        return svidfolder.SetPlan(directory, svidfolder.new_set_name(self.serial), tuple(files))
 
-    def _check_kept_key(self, key_path: Path) -> None:
+    def _kept_key(self, key_path: Path) -> bytes | None:
         """With a CSR the service keeps its key; a different key already in the folder would
-        be paired with the new certificate by whoever loads the folder, so refuse."""
-        if not key_path.exists():
-            return
+        be paired with the new certificate by whoever loads the folder, so refuse. Returns the
+        key to carry into the new set (None: nothing of ours to carry)."""
+        if not os.path.lexists(key_path):
+            return None
+        ours = svidfolder.our_link(key_path)
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            data = svidfolder.shown(key_path.parent, key_path.name) if ours else None
+            pem = data if ours else key_path.read_bytes()
+            key = serialization.load_pem_private_key(pem or b"", password=None)
             matches = key.public_key() == self.certificate.public_key()
         except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
             matches = False
@@ -85,16 +94,16 @@ class IssuedSVID:
                 f"{key_path} holds a key other than the CSR's; it would not match the new "
                 "certificate: move it away or choose another output folder"
             )
+        return data
 
     def write_to(self, directory: Path) -> None:
-        """Write the three files into ``directory`` (created if missing), each atomically.
+        """Switch ``directory`` (created if missing) to this SVID's files in one step.
 
-        With a CSR-issued SVID no key file is written (any existing one is left alone).
+        svid.pem, svid_key.pem (0600) and svid_bundle.pem; with a CSR-issued SVID no key is
+        written. Not journalled: a crash in the middle leaves the old set, and the next write
+        to the folder removes what it left. The CA's own ``out_dir`` writes are journalled.
         """
-        staged = fsio.StagedFiles()
-        try:
-            self.stage_to(Path(directory), staged)
-        except BaseException:
-            staged.discard()
-            raise
-        staged.commit()
+        plan = self.plan_set(Path(directory))
+        svidfolder.stage(plan)
+        if not svidfolder.install(plan.folder, plan.set_dir):
+            raise OutputError(f"the new files for {plan.folder} vanished before they were used")

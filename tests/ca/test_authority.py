@@ -179,10 +179,20 @@ def test_renew_and_revoke_by_name(mesh_ca: CertificateAuthority) -> None:
     assert sorted(revoked) == sorted([first.serial, second.serial])
     states = {r.serial: (r.status, r.reason) for r in mesh_ca.records()}
     assert states[first.serial] == ("revoked", "superseded")
-    with pytest.raises(errors.AlreadyRevoked):
-        mesh_ca.revoke(name="orders")
-    with pytest.raises(errors.AlreadyRevoked):
-        mesh_ca.revoke(serial=first.serial)
+    # A repeat revokes nothing new, keeps the first reason and time, and still republishes:
+    # the way to make sure a revocation is out (the CRL number moves on).
+    def crl_number() -> int:
+        crl = x509.load_pem_x509_crl(mesh_ca.crl_path.read_bytes())
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+    before = crl_number()
+    assert mesh_ca.revoke(name="orders", reason="keyCompromise") == []
+    assert mesh_ca.revoke(serial=first.serial) == []
+    assert crl_number() == before + 2
+    states_again = {r.serial: (r.status, r.reason, r.revoked_at) for r in mesh_ca.records()}
+    assert states_again[first.serial][:2] == ("revoked", "superseded")
+    crl = x509.load_pem_x509_crl(mesh_ca.crl_path.read_bytes())
+    assert {e.serial_number for e in crl} == {first.serial, second.serial}
 
 
 def test_open_sees_the_same_registry(mesh_ca: CertificateAuthority) -> None:

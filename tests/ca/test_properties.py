@@ -15,7 +15,7 @@ from ca.authority import CertificateAuthority
 from ca.crl import REASONS, parse_reason
 from ca.describe import load_certificates
 from ca.lint import lint
-from ca.parsing import MAX_TTL, format_duration, parse_duration, parse_serial
+from ca.parsing import MAX_TTL, format_duration, format_serial, parse_duration, parse_serial
 
 FAST = settings(max_examples=200, deadline=None)
 NAMES = st.text(max_size=70) | st.from_regex(r"[a-z0-9][a-z0-9-]{0,70}", fullmatch=True)
@@ -57,6 +57,15 @@ def test_serial_round_trip(serial: int, upper: bool, colons: bool, prefix: bool)
     if prefix:
         text = "0x" + text
     assert parse_serial(text) == serial
+
+
+@FAST
+@given(st.integers(min_value=1, max_value=2**160 - 1), st.integers(min_value=0, max_value=8))
+def test_serial_prints_one_way_and_parses_back(serial: int, zeros: int) -> None:
+    text = format_serial(serial)
+    assert re.fullmatch(r"[0-9a-f]{32,40}", text)
+    assert len(text) == 32 or serial >= 2**128  # 32 digits for every serial this CA makes
+    assert parse_serial(text) == parse_serial("0" * zeros + text.lstrip("0")) == serial
 
 
 @FAST

@@ -102,8 +102,12 @@ def test_key_written_0600_under_permissive_umask(mesh_ca: Any, tmp_path: Path) -
         svid.write_to(tmp_path / "id")
     finally:
         os.umask(old)
-    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "id").iterdir()}
+    folder = tmp_path / "id"
+    mode = {n: stat.S_IMODE((folder / n).stat().st_mode)
+            for n in ("svid.pem", "svid_key.pem", "svid_bundle.pem")}
     assert mode == {"svid.pem": 0o644, "svid_key.pem": 0o600, "svid_bundle.pem": 0o644}
+    # The hidden set folder the names link into (docs/ca.md) is never group/other-writable.
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o022 == 0 for p in folder.iterdir())
 
 
 def test_write_to_replaces_a_planted_symlink_instead_of_following_it(
@@ -118,7 +122,9 @@ def test_write_to_replaces_a_planted_symlink_instead_of_following_it(
     (out / "svid_key.pem").symlink_to(victim)
     mesh_ca.issue("orders").write_to(out)
     assert victim.read_text() == "untouched"
-    assert not (out / "svid_key.pem").is_symlink()
+    # Replaced by the CA's own link into the folder's current set (docs/ca.md).
+    assert os.readlink(out / "svid_key.pem") == "..data/svid_key.pem"
+    assert (out / "svid_key.pem").resolve().parent.parent == out.resolve()
     assert stat.S_IMODE((out / "svid_key.pem").stat().st_mode) == 0o600
 
 
