@@ -24,6 +24,8 @@ from ca.describe import load_certificates, render, summary, unreadable_part
 from ca.errors import BadCSR, CAError, InvalidCertificate, InvalidInput
 from ca.parsing import parse_duration, parse_serial
 from ca.registry import CertRecord
+from ca.service import cli as service_cli
+from ca.service.admin import issued_through
 from ca.svid import IssuedSVID
 from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN
 
@@ -128,10 +130,13 @@ def cmd_crl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_json(rec: CertRecord, now: int) -> dict[str, Any]:
+def _record_json(rec: CertRecord, now: int, via: tuple[str | None, str] | None
+                 ) -> dict[str, Any]:
     return {
         "serial": format(rec.serial, "x"),
         "name": rec.name,
+        "kind": "service" if via is None else via[1],
+        "node": None if via is None else via[0],
         "spiffe_id": rec.spiffe_id,
         "status": rec.state(now),
         "not_before": _time(rec.not_before),
@@ -150,15 +155,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     with CertificateAuthority.open(_ca_dir(args)) as ca:
         records = ca.records()
         td = str(ca.trust_domain)
+        via = issued_through(ca.ca_dir)  # the node each SVID was issued through (CA service)
     now = int(datetime.now(UTC).timestamp())
     if args.json:
-        doc = {"trust_domain": td, "certificates": [_record_json(r, now) for r in records]}
+        doc = {"trust_domain": td,
+               "certificates": [_record_json(r, now, via.get(r.serial)) for r in records]}
         print(json.dumps(doc))
         return 0
     if not records:
         print(f"no certificates issued yet in trust domain {td}")
         return 0
-    header = ("SERIAL", "NAME", "STATUS", "NOT AFTER", "THUMBPRINT (x5t#S256)")
+    header = ("SERIAL", "NAME", "STATUS", "NOT AFTER", "THUMBPRINT (x5t#S256)", "NODE")
     rows = [
         (
             format(r.serial, "x"),
@@ -166,6 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             r.state(now) + (f" ({r.reason})" if r.reason else ""),
             _time(r.not_after),
             r.thumbprint,
+            (via.get(r.serial) or (None, ""))[0] or "-",
         )
         for r in records
     ]
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
     p.set_defaults(handler=cmd_inspect)
+    service_cli.register(sub, add_ca_dir=_add_ca_dir, ca_dir=_ca_dir)
     return parser
 
 
