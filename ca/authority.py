@@ -536,7 +536,7 @@ class CertificateAuthority:
             raise BadCSR("the CSR must be given as PEM bytes")
         try:
             csr = x509.load_pem_x509_csr(bytes(csr_pem))
-        except ValueError as err:
+        except (ValueError, x509.InvalidVersion) as err:  # InvalidVersion is no ValueError
             raise BadCSR("the CSR is not a readable PEM certificate signing request") from err
         try:
             public_key = csr.public_key()
