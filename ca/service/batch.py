@@ -41,6 +41,7 @@ DEFAULT_MAX_BATCH = 256
 class _Op(Generic[T]):
     apply: Callable[[Registry], T]
     future: Future[T]
+    kind: str  # names the crash points of this operation (ca/service/crash.py)
 
 
 class _NothingCommitted(Exception):
@@ -66,16 +67,18 @@ class BatchWriter:
         self.batches = 0  # committed batches, for the benchmark's report
         self._thread.start()
 
-    def submit(self, apply: Callable[[Registry], T]) -> Future[T]:
+    def submit(self, apply: Callable[[Registry], T], kind: str = "write") -> Future[T]:
         future: Future[T] = Future()
         if self._closed:
             future.set_exception(_unavailable("the CA service is shutting down"))
         else:
-            self._queue.put(_Op(apply, future))
+            self._queue.put(_Op(apply, future, kind))
         return future
 
-    def run(self, apply: Callable[[Registry], T]) -> T:
-        return self.submit(apply).result()
+    def run(self, apply: Callable[[Registry], T], kind: str = "write") -> T:
+        """Queue ``apply`` and wait for its outcome. ``kind`` (``attest``, ``renew``, ...)
+        names its crash points, ``<kind>.before-commit`` and ``<kind>.after-commit``."""
+        return self.submit(apply, kind).result()
 
     def close(self) -> None:
         """Finish the batches already queued, then stop the thread."""
@@ -122,7 +125,8 @@ class BatchWriter:
                 outcomes.append((True, result))
             if not any(ok for ok, _ in outcomes):
                 raise _NothingCommitted
-            crash_point("batch.before-commit")
+            for op in batch:
+                crash_point(f"{op.kind}.before-commit")
 
         try:
             self._ca.change(apply_all)
@@ -143,7 +147,8 @@ class BatchWriter:
             return
         else:
             self.batches += 1
-            crash_point("batch.after-commit")
+            for op in batch:
+                crash_point(f"{op.kind}.after-commit")
             self._on_commit()
         for op, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:

@@ -215,11 +215,6 @@ def _serve(args: argparse.Namespace, folder: Path) -> int:
         addresses = service.start()
         try:
             fingerprint = root_fingerprint(ca.root_cert)
-            print(f"mesh-ca: serving the CA of trust domain {ca.trust_domain} as "
-                  f"{ca_dns_name(ca.trust_domain)}")
-            print(f"  agent port (mutual TLS):        {addresses.agent}")
-            print(f"  attestation port (server TLS):  {addresses.attestation}")
-            print(f"  root fingerprint (SHA-256):     {fingerprint}", flush=True)
             if args.ready_file:
                 ready = {
                     "agent_address": addresses.agent,
@@ -230,6 +225,11 @@ def _serve(args: argparse.Namespace, folder: Path) -> int:
                     "pid": os.getpid(),
                 }
                 fsio.atomic_write(Path(args.ready_file), json.dumps(ready).encode() + b"\n")
+            print(f"mesh-ca: serving the CA of trust domain {ca.trust_domain} as "
+                  f"{ca_dns_name(ca.trust_domain)}")
+            print(f"  agent port (mutual TLS):        {addresses.agent}")
+            print(f"  attestation port (server TLS):  {addresses.attestation}")
+            print(f"  root fingerprint (SHA-256):     {fingerprint}", flush=True)
             stop.wait()
         finally:
             service.stop()

@@ -4,8 +4,10 @@
 no rollback, no flush, like a kill -9) when it reaches that step. Steps:
 
 - ``attest.checked``: a join token and CSR passed every check; nothing written yet;
-- ``batch.before-commit``: inside the registry transaction, every row of a batch written;
-- ``batch.after-commit``: committed and published, no answer sent yet;
+- ``<kind>.before-commit``: inside the registry transaction, every row of the writer's batch
+  written, when the batch holds an operation of that kind (``attest``, ``renew``, ``issue``,
+  ``serving``);
+- ``<kind>.after-commit``: committed and published, no answer sent yet;
 - ``evict.before-commit``: inside the eviction's transaction, certificates marked revoked.
 
 Unset (always, outside tests) it costs one dictionary lookup.
@@ -17,8 +19,6 @@ import os
 
 ENV = "MESH_CA_SERVICE_CRASH_AT"
 EXIT_CODE = 86
-STEPS = frozenset({"attest.checked", "batch.before-commit", "batch.after-commit",
-                   "evict.before-commit"})
 
 
 def crash_point(step: str) -> None:

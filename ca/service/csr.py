@@ -65,7 +65,7 @@ def parse_csr(
         )
     try:
         csr = x509.load_pem_x509_csr(text)
-    except ValueError as err:
+    except (ValueError, x509.InvalidVersion) as err:  # InvalidVersion is no ValueError
         raise CsrInvalid("the CSR is not a readable PKCS#10 certificate signing request") from err
     try:
         algorithm = csr.signature_algorithm_oid

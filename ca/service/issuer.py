@@ -158,6 +158,9 @@ class NodeIssuer:
                 f"the join token was made for node {row.node}, not {node}; a token admits "
                 "only the node it names",
             )
+        node_row = store.node(conn, node)
+        if node_row is not None and node_row.evicted_at is not None:
+            raise self._evicted(node, node_row.evicted_at)
         now = self._now()
         if row.used_at is not None:
             earlier = self._earlier_answer(row, csr_pem, now)
@@ -174,9 +177,6 @@ class NodeIssuer:
                 f"the join token for node {node} expired at {_when(row.expires_at)}; make a new "
                 f"one with mesh-ca join-token {node}",
             )
-        node_row = store.node(conn, node)
-        if node_row is not None and node_row.evicted_at is not None:
-            raise self._evicted(node, node_row.evicted_at)
         key = parse_csr(csr_pem, refused_keys=self._ca_keys)
         crash_point("attest.checked")
         svid, rec = self.ca.sign_leaf(
@@ -187,17 +187,15 @@ class NodeIssuer:
         def apply(reg: Registry) -> Issued:
             db = reg.connection
             now = self._now()
+            self._check_not_evicted(db, node)
             current = store.token_by_hash(db, digest)
-            if current is None:  # voided by an eviction meanwhile
-                raise self._evicted(node, now)
-            if current[1].used_at is not None:
+            if current is None or current[1].used_at is not None:
                 raise Refused(Reason.JOIN_TOKEN_USED,
                               f"the join token for node {node} was used by another request "
                               "at the same moment")
             if current[1].expires_at <= now:
                 raise Refused(Reason.JOIN_TOKEN_EXPIRED,
                               f"the join token for node {node} expired while it was checked")
-            self._check_not_evicted(db, node)
             reg.insert(rec)
             store.record_issuance(db, rec.serial, node, store.AGENT)
             if not store.consume_token(db, digest, now, rec.serial, key_digest):
@@ -205,7 +203,7 @@ class NodeIssuer:
             store.set_agent(db, node, rec.serial, now, attested=True)
             return Issued.of(svid)
 
-        return self.writer.run(apply)
+        return self.writer.run(apply, "attest")
 
     def _earlier_answer(self, row: store.TokenRow, csr_pem: bytes, now: int) -> Issued | None:
         """The agent certificate a used token bought, if this CSR proves the same key asks
@@ -294,7 +292,7 @@ class NodeIssuer:
             store.set_agent(db, agent.node, rec.serial, self._now(), attested=False)
             return Issued.of(svid)
 
-        return self.writer.run(apply)
+        return self.writer.run(apply, "renew")
 
     def registrations(self, agent: Agent) -> list[store.RegistrationRow]:
         return store.registrations(self._reads.get(), agent.node)
@@ -328,7 +326,7 @@ class NodeIssuer:
             store.record_issuance(db, rec.serial, agent.node, store.WORKLOAD)
             return Issued.of(svid)
 
-        return self.writer.run(apply)
+        return self.writer.run(apply, "issue")
 
     # ---- the service's own serving identity --------------------------------------------------
 
@@ -345,7 +343,7 @@ class NodeIssuer:
             store.record_issuance(reg.connection, rec.serial, None, store.CA)
             return Issued.of(svid)
 
-        return self.writer.run(apply)
+        return self.writer.run(apply, "serving")
 
     # ---- re-checks inside the transaction ------------------------------------------------------
 

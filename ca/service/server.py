@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -110,6 +111,7 @@ class CAService:
         agent_workers: int = 16,
         attest_workers: int = 2,
         max_attest_calls: int = 64,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ca = ca
         self._listen = listen
@@ -120,7 +122,8 @@ class CAService:
         _refuse_impostor(ca)
         self.watcher = TrustWatcher(ca.ca_dir, interval=trust_interval)
         self.issuer = NodeIssuer(
-            ca, agent_ttl=agent_ttl, server_ttl=server_ttl, on_commit=self._published
+            ca, agent_ttl=agent_ttl, server_ttl=server_ttl, on_commit=self._published,
+            clock=clock,
         )
         self.identity = ServingIdentity(self.issuer)
         self._agent_pool = concurrent.futures.ThreadPoolExecutor(

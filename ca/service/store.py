@@ -366,12 +366,11 @@ def delete_registration(conn: sqlite3.Connection, node_name: str, service: str) 
 
 
 def mark_evicted(conn: sqlite3.Connection, name: str, now: int, reason: str) -> list[int]:
-    """Evict ``name``: void its unused join tokens; return the serials of its valid certificates
-    (agent and workload) for the caller to revoke in the same transaction."""
+    """Evict ``name`` (its join tokens stay, refused for the node); return the serials of its
+    valid certificates (agent and workload) for the caller to revoke in the same transaction."""
     conn.execute(
         "UPDATE nodes SET evicted_at = ?, evict_reason = ? WHERE node = ?", (now, reason, name)
     )
-    conn.execute("DELETE FROM join_tokens WHERE node = ? AND used_at IS NULL", (name,))
     rows = conn.execute(
         "SELECT c.serial FROM issued_via v JOIN certs c ON c.serial = v.serial "
         "WHERE v.node = ? AND c.status = 'valid' ORDER BY c.rowid",
