@@ -139,6 +139,9 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
     p.add_argument("--server-ttl", default="1h", metavar="DURATION",
                    help="lifetime of the service's own certificate, renewed at half "
                    "(default: %(default)s)")
+    p.add_argument("--max-svids", type=int, default=10, metavar="N",
+                   help="most valid SVIDs a node may hold per service, and agent SVIDs per node "
+                   "(default: %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("join-token", help="print a one-time join token for a node")
@@ -201,6 +204,8 @@ def _serve(args: argparse.Namespace, folder: Path) -> int:
         if port == 65535:
             raise InvalidInput("--listen uses port 65535; give --attest-listen explicitly")
     _address(attest, "--attest-listen")
+    if not 2 <= args.max_svids <= 10_000:
+        raise InvalidInput("--max-svids must be between 2 and 10000 (a renewal needs two)")
     agent_ttl = parse_duration(args.agent_ttl)
     server_ttl = parse_duration(args.server_ttl)
 
@@ -211,7 +216,7 @@ def _serve(args: argparse.Namespace, folder: Path) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with CertificateAuthority.open(folder) as ca:
         service = CAService(ca, listen=args.listen, attest_listen=attest, agent_ttl=agent_ttl,
-                            server_ttl=server_ttl)
+                            server_ttl=server_ttl, max_valid=args.max_svids)
         addresses = service.start()
         try:
             fingerprint = root_fingerprint(ca.root_cert)

@@ -60,6 +60,11 @@ from mesh.errors import Reason
 
 DEFAULT_AGENT_TTL = timedelta(hours=1)
 DEFAULT_SERVER_TTL = timedelta(hours=1)
+#: At most this many valid SVIDs per (node, service) and valid agent SVIDs per node. A renewing
+#: agent holds two or three (old and new overlap); the cap stops a compromised agent from
+#: growing the registry and, for services, the trust bundle every verifier loads (FileBundleSource
+#: refuses a bundle over 4 MiB, about 2,500 keys) without end.
+DEFAULT_MAX_VALID = 10
 
 
 def _when(ts: int) -> str:
@@ -110,8 +115,10 @@ class NodeIssuer:
         server_ttl: timedelta = DEFAULT_SERVER_TTL,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        max_valid: int = DEFAULT_MAX_VALID,
     ) -> None:
         store.ensure_schema(ca)
+        self.max_valid = max_valid
         self.ca = ca
         self.td = ca.trust_domain
         self.agent_ttl = agent_ttl
@@ -279,14 +286,16 @@ class NodeIssuer:
                                    "key of the certificate being renewed"),
             ],
         )
+        name = agent_record_name(agent.node)
+        self._check_limit(self._reads.get(), agent.node, name)
         svid, rec = self.ca.sign_leaf(
-            agent_id(self.td, agent.node), key, name=agent_record_name(agent.node),
-            ttl=self.agent_ttl,
+            agent_id(self.td, agent.node), key, name=name, ttl=self.agent_ttl
         )
 
         def apply(reg: Registry) -> Issued:
             db = reg.connection
             self._recheck_agent(db, agent)
+            self._check_limit(db, agent.node, name)
             reg.insert(rec)
             store.record_issuance(db, rec.serial, agent.node, store.AGENT)
             store.set_agent(db, agent.node, rec.serial, self._now(), attested=False)
@@ -311,6 +320,7 @@ class NodeIssuer:
                 f"{service} --node {agent.node} --uid UID)",
             )
         key = parse_csr(csr_pem, refused_keys=self._ca_keys)
+        self._check_limit(self._reads.get(), agent.node, service)
         svid, rec = self.ca.sign_leaf(
             self.td.service(service), key, name=service,
             dns=[self.td.service_dns_name(service)], ttl=timedelta(seconds=reg_row.ttl),
@@ -322,6 +332,7 @@ class NodeIssuer:
             if store.registration(db, agent.node, service) is None:
                 raise Refused(Reason.NOT_REGISTERED,
                               f"service {service} was unregistered from node {agent.node}")
+            self._check_limit(db, agent.node, service)
             reg.insert(rec)
             store.record_issuance(db, rec.serial, agent.node, store.WORKLOAD)
             return Issued.of(svid)
@@ -359,6 +370,15 @@ class NodeIssuer:
             raise Refused(Reason.CERT_REVOKED,
                           f"the agent certificate {agent.serial:x} of node {agent.node} was "
                           "revoked meanwhile")
+
+    def _check_limit(self, db: sqlite3.Connection, node: str, name: str) -> None:
+        held = store.count_valid(db, node, name, self._now())
+        if held >= self.max_valid:
+            raise Refused(
+                Reason.SVID_LIMIT,
+                f"node {node} already holds {held} valid certificates for {name}, the most "
+                f"this CA allows ({self.max_valid}); use the ones it has, or revoke some",
+            )
 
     @staticmethod
     def _evicted(node: str, at: int) -> Refused:

@@ -43,6 +43,7 @@ from ca.service.errors import Refused, ServeError
 from ca.service.ids import ca_id
 from ca.service.issuer import (
     DEFAULT_AGENT_TTL,
+    DEFAULT_MAX_VALID,
     DEFAULT_SERVER_TTL,
     Agent,
     Issued,
@@ -111,6 +112,7 @@ class CAService:
         agent_workers: int = 16,
         attest_workers: int = 2,
         max_attest_calls: int = 64,
+        max_valid: int = DEFAULT_MAX_VALID,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ca = ca
@@ -123,7 +125,7 @@ class CAService:
         self.watcher = TrustWatcher(ca.ca_dir, interval=trust_interval)
         self.issuer = NodeIssuer(
             ca, agent_ttl=agent_ttl, server_ttl=server_ttl, on_commit=self._published,
-            clock=clock,
+            clock=clock, max_valid=max_valid,
         )
         self.identity = ServingIdentity(self.issuer)
         self._agent_pool = concurrent.futures.ThreadPoolExecutor(

@@ -293,6 +293,17 @@ def issued_via(conn: sqlite3.Connection) -> dict[int, tuple[str | None, str]]:
     return {int(str(s), 16): (None if n is None else str(n), str(k)) for s, n, k in rows}
 
 
+def count_valid(conn: sqlite3.Connection, node_name: str, name: str, now: int) -> int:
+    """How many unrevoked, unexpired certificates named ``name`` (a service, or
+    ``agent/NODE``) were issued through ``node_name``."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM issued_via v JOIN certs c ON c.serial = v.serial "
+        "WHERE v.node = ? AND c.name = ? AND c.status = 'valid' AND c.not_after > ?",
+        (node_name, name, now),
+    ).fetchone()
+    return int(row[0])
+
+
 def cert_not_after(conn: sqlite3.Connection, serial: int) -> int | None:
     row = conn.execute("SELECT not_after FROM certs WHERE serial = ?", (_hex(serial),)).fetchone()
     return None if row is None else int(row[0])

@@ -210,3 +210,24 @@ def test_many_agents_at_once_all_served_and_the_registry_stays_consistent(svc) -
     assert kids == {r.thumbprint for r in records.values() if r.spiffe_id.count("/svc/")}
     via = admin.issued_through(svc.ca.ca_dir)
     assert {via[int(s, 16)][1] for s in serials} == {"workload"}
+
+
+def test_a_node_cannot_pile_up_svids(start_service, refused) -> None:  # type: ignore[no-untyped-def]
+    """A compromised agent must not grow the bundle every verifier loads without end."""
+    svc = start_service(max_valid=3)
+    svc.register("orders", "node-1")
+    svc.register("payments", "node-1")
+    agent = svc.agent("node-1")
+    serials = [agent.issue("orders").svid.serial for _ in range(3)]
+    before = svc.snapshot()
+    err = refused(lambda: agent.issue("orders"), grpc.StatusCode.RESOURCE_EXHAUSTED, "SVID_LIMIT")
+    assert "already holds 3 valid certificates for orders" in err.details()
+    assert svc.snapshot() == before
+    assert agent.issue("payments").svid.serial  # control: the limit is per service
+    svc.ca.revoke(serial=int(serials[0], 16))
+    assert agent.issue("orders").svid.serial  # control: room again
+    # agent certificates too: the first one plus two renewals
+    agent.renew(cc.csr_for(cc.new_key()))
+    agent.renew(cc.csr_for(cc.new_key()))
+    refused(lambda: agent.renew(cc.csr_for(cc.new_key())),
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "SVID_LIMIT")
