@@ -136,7 +136,9 @@ def _sequence(ca_dir: Path) -> int:
 
 def part_issuance(args: argparse.Namespace, work: Path) -> Part:
     counter = iter(range(10**9))
-    services = [f"svc-{i}" for i in range(8)]
+    # One registration per call, as in a storm where many workloads renew at once (and within
+    # the CA's cap of valid SVIDs per node and service, --max-svids).
+    services = [f"svc-{i}" for i in range(args.calls)]
     node = "bench-node"
 
     def fresh_ca() -> CertificateAuthority:
@@ -160,8 +162,8 @@ def part_issuance(args: argparse.Namespace, work: Path) -> Part:
 
     # Workloads make their keys and CSRs; that is their cost, not the CA's: made up front.
     csrs = [_csr(ec.generate_private_key(ec.SECP256R1())) for _ in range(args.calls)]
-    requests = [ca_pb2.IssueWorkloadSvidRequest(service=services[i % len(services)],
-                                                csr_pem=csrs[i]) for i in range(args.calls)]
+    requests = [ca_pb2.IssueWorkloadSvidRequest(service=services[i], csr_pem=csrs[i])
+                for i in range(args.calls)]
 
     def through_service(served: Served, ca_dir: Path, concurrency: int) -> tuple[float, float]:
         before = _sequence(ca_dir)
