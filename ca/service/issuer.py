@@ -158,7 +158,11 @@ class NodeIssuer:
         try:
             node = check_node(node)
         except InvalidNodeName as err:
-            raise Refused(Reason.JOIN_TOKEN_NODE_MISMATCH, str(err)) from err
+            raise Refused(
+                Reason.JOIN_TOKEN_NODE_MISMATCH,
+                f"the join token was made for node {row.node}, and the node name given is not "
+                "a valid node name",
+            ) from err
         if row.node != node:
             raise Refused(
                 Reason.JOIN_TOKEN_NODE_MISMATCH,
@@ -311,7 +315,12 @@ class NodeIssuer:
         try:
             service = check_name(service)
         except InvalidServiceName as err:
-            raise Refused(Reason.REQUEST_INVALID, str(err)) from err
+            # The caller's text is not repeated: it may be up to a message's size.
+            raise Refused(
+                Reason.REQUEST_INVALID,
+                "the service name is invalid: use 1 to 63 characters of a-z, 0-9 and '-' "
+                "(and not the reserved name ca)",
+            ) from err
         reg_row = store.registration(self._reads.get(), agent.node, service)
         if reg_row is None:
             raise Refused(
