@@ -30,7 +30,7 @@ from ca.service.server import CAService
 from mesh.transport.status import error_info
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ca_service_client import (  # noqa: E402
+from ca_service_client import (
     AgentSession,
     CAEndpoint,
     new_key,

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import ca_service_client as cc
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-import ca_service_client as cc
 from ca.cli import main as mesh_ca
 from ca.service import admin
 from mesh.ca.v1 import ca_pb2
@@ -76,7 +76,7 @@ def test_a_service_svid_is_not_an_agent(svc, refused) -> None:  # type: ignore[n
     before = svc.snapshot()
     with svc.session(issued.private_key, issued.chain_pem()) as impostor:
         refused(lambda: impostor.issue("orders"), DENIED, "NOT_AN_AGENT")
-        refused(lambda: impostor.registrations(), DENIED, "NOT_AN_AGENT")
+        refused(impostor.registrations, DENIED, "NOT_AN_AGENT")
         refused(lambda: impostor.renew(cc.csr_for(cc.new_key())), DENIED, "NOT_AN_AGENT")
         stream = impostor.stub.WatchTrust(ca_pb2.WatchTrustRequest(), timeout=10)
         refused(lambda: next(stream), DENIED, "NOT_AN_AGENT")
@@ -147,7 +147,7 @@ def test_evicted_node_gets_nothing_and_everything_it_got_is_revoked(svc, refused
 
     before = svc.snapshot()
     refused(lambda: agent.issue("orders"), DENIED, "NODE_EVICTED")
-    refused(lambda: agent.registrations(), DENIED, "NODE_EVICTED")
+    refused(agent.registrations, DENIED, "NODE_EVICTED")
     refused(lambda: agent.renew(cc.csr_for(cc.new_key())), DENIED, "NODE_EVICTED")
     assert svc.snapshot() == before
     # no way back under that name

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import ca_service_client as cc
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.verification import PolicyBuilder, Store
 
-import ca_service_client as cc
 from ca.cli import main as mesh_ca
 from ca.service import admin
 from mesh.ca.v1 import ca_pb2
@@ -167,14 +167,15 @@ def test_bad_csr_is_refused_and_the_token_is_not_spent(svc, refused, kind) -> No
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    def csr_with(key, algorithm=hashes.SHA256()) -> bytes:  # type: ignore[no-untyped-def]
+    def csr_with(key) -> bytes:  # type: ignore[no-untyped-def]
         return x509.CertificateSigningRequestBuilder().subject_name(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
-        ).sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
+        ).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     good = cc.csr_for(cc.new_key())
     csr = {
-        "garbage": b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        "garbage": (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"
+                    b"-----END CERTIFICATE REQUEST-----\n"),
         "two-blocks": good + good,
         "p384": csr_with(ec.generate_private_key(ec.SECP384R1())),
         "rsa": csr_with(rsa.generate_private_key(public_exponent=65537, key_size=2048)),

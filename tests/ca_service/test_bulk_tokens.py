@@ -13,10 +13,10 @@ import os
 import secrets
 import threading
 
+import ca_service_client as cc
 import grpc
 import pytest
 
-import ca_service_client as cc
 from mesh.ca.v1 import ca_pb2
 from mesh.transport.status import error_info
 

@@ -10,10 +10,10 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import ca_service_client as cc
 import pytest
 from cryptography import x509
 
-import ca_service_client as cc
 from ca.cli import issue_main
 from ca.cli import main as mesh_ca
 from ca.service import admin
@@ -92,7 +92,7 @@ def test_bad_input_exits_2_with_one_sentence_and_changes_nothing(
 ) -> None:
     _run(capsys, "join-token", "node-1", "--ca-dir", mesh_ca_dir)
     before = snapshot(Path(mesh_ca_dir))
-    code, out, err = _run(capsys, *argv, "--ca-dir", mesh_ca_dir)
+    code, _, err = _run(capsys, *argv, "--ca-dir", mesh_ca_dir)
     assert code == 2
     assert words in err, err
     assert err.startswith("mesh-ca: error: ") and err.count("\n") == 1

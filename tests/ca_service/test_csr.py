@@ -18,7 +18,10 @@ from mesh.errors import Reason
 KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def _csr(key, algorithm=hashes.SHA256(), cn: str = "w") -> x509.CertificateSigningRequest:  # type: ignore[no-untyped-def]
+SHA256 = hashes.SHA256()
+
+
+def _csr(key, algorithm=SHA256, cn: str = "w") -> x509.CertificateSigningRequest:  # type: ignore[no-untyped-def]
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
@@ -51,7 +54,7 @@ def test_a_good_csr_gives_its_key() -> None:
         (b"", "exactly one PEM"),
         (GOOD + b"\0" * MAX_CSR_BYTES, "larger than"),
         (_pem(b"\x30\x03\x02\x01\x00"), "not a readable"),
-        (_csr(ec.generate_private_key(ec.SECP384R1()), hashes.SHA256())
+        (_csr(ec.generate_private_key(ec.SECP384R1()), SHA256)
          .public_bytes(serialization.Encoding.PEM), "not ECDSA P-256"),
         (_csr(KEY, hashes.SHA224()).public_bytes(serialization.Encoding.PEM),
          "SHA-256, SHA-384 or SHA-512"),

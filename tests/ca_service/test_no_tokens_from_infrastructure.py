@@ -69,7 +69,7 @@ def test_the_ca_publishes_no_agent_or_ca_key(mesh) -> None:  # type: ignore[no-u
 
 
 def test_a_bundle_entry_for_an_agent_or_the_ca_is_rejected(mesh, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    ca, auth, orders, agent, server = mesh
+    ca, auth, _, agent, server = mesh
     source = _bundle_with(ca, [auth.certificate, agent[1][0], server[1][0]],
                           tmp_path / "bundle.json")
     assert source.key_for(auth.thumbprint) is not None  # control
@@ -80,7 +80,7 @@ def test_a_bundle_entry_for_an_agent_or_the_ca_is_rejected(mesh, tmp_path) -> No
 
 
 def test_a_user_token_signed_by_an_agent_is_untrusted(mesh, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    ca, auth, orders, agent, server = mesh
+    ca, auth, _, agent, _ = mesh
     source = _bundle_with(ca, [auth.certificate, agent[1][0]], tmp_path / "bundle.json")
     gateway = ca.trust_domain.service("gateway")
     verifier = ChainVerifier(gateway, source, cache=None)
@@ -93,7 +93,7 @@ def test_a_user_token_signed_by_an_agent_is_untrusted(mesh, tmp_path) -> None:  
 
 @pytest.mark.parametrize("which", ["agent", "server"])
 def test_an_app_token_from_an_agent_or_ca_peer_is_untrusted(mesh, which) -> None:  # type: ignore[no-untyped-def]
-    ca, auth, orders, agent, server = mesh
+    ca, _, orders, agent, server = mesh
     key, chain = agent if which == "agent" else server
     source = FileBundleSource(ca.bundle_path, ca.crl_path)
     payments = ca.trust_domain.service("payments")
@@ -109,7 +109,7 @@ def test_an_app_token_from_an_agent_or_ca_peer_is_untrusted(mesh, which) -> None
 def test_a_bundle_source_that_hands_out_an_agent_key_is_not_believed(mesh) -> None:  # type: ignore[no-untyped-def]
     """Another BundleSource implementation (not FileBundleSource) might carry agent keys: the
     verifier refuses them itself."""
-    ca, auth, orders, agent, server = mesh
+    ca, auth, _, agent, _ = mesh
     files = FileBundleSource(ca.bundle_path, ca.crl_path)
     leaf = agent[1][0]
     planted = BundleKey(
