@@ -126,15 +126,18 @@ def test_same_key_retry_gets_the_same_certificate_not_a_new_one(svc) -> None:  #
 
 
 def test_expired_token_is_refused(svc, clock, refused) -> None:  # type: ignore[no-untyped-def]
-    token = svc.token("node-1", ttl=timedelta(minutes=10))
+    import time
+
+    made = admin.make_join_token(svc.ca, "node-1", timedelta(minutes=10))
+    assert made.expires_at - time.time() <= 600
     before = svc.snapshot()
-    clock.offset = 601
-    err = refused(lambda: svc.endpoint.attest("node-1", token, cc.new_key()),
+    clock.offset = made.expires_at - time.time()  # the service's clock: at the expiry
+    err = refused(lambda: svc.endpoint.attest("node-1", made.token, cc.new_key()),
                   UNAUTH, "JOIN_TOKEN_EXPIRED")
     assert "mesh-ca join-token node-1" in err.details()
     assert svc.snapshot() == before
-    clock.offset = 599  # control: the same token inside its life
-    assert svc.endpoint.attest("node-1", token, cc.new_key()).agent_svid.spiffe_id
+    clock.offset = made.expires_at - 60 - time.time()  # control: a minute before it
+    assert svc.endpoint.attest("node-1", made.token, cc.new_key()).agent_svid.spiffe_id
 
 
 def test_token_used_for_another_node_is_refused_and_stays_usable(svc, refused) -> None:  # type: ignore[no-untyped-def]
