@@ -24,7 +24,7 @@ from ca.crl import REASONS
 from ca.errors import InvalidInput
 from ca.parsing import format_duration, parse_duration
 from ca.service import admin
-from ca.service.ids import ca_dns_name, root_fingerprint
+from ca.service.ids import ca_dns_name, root_fingerprint, show_serial
 
 CaDir = Callable[[argparse.Namespace], Path]
 AddCaDir = Callable[[argparse.ArgumentParser], None]
@@ -103,7 +103,7 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
             (
                 v.node,
                 "yes" if v.attested_at is not None else "no",
-                "-" if v.agent_serial is None else format(v.agent_serial, "x"),
+                "-" if v.agent_serial is None else show_serial(v.agent_serial),
                 _time(v.agent_not_after),
                 "-" if v.evicted_at is None else _time(v.evicted_at),
                 " ".join(
@@ -119,7 +119,7 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
     def cmd_evict(args: argparse.Namespace) -> int:
         with CertificateAuthority.open(ca_dir(args)) as ca:
             serials = admin.evict(ca, args.node, args.reason)
-        revoked = ", ".join(format(s, "x") for s in serials) or "none"
+        revoked = ", ".join(show_serial(s) for s in serials) or "none"
         print(f"evicted node {args.node}: revoked {len(serials)} certificate(s): {revoked}")
         print("crl.pem and bundle.spiffe.json republished")
         return 0
@@ -185,7 +185,7 @@ def _node_json(v: admin.NodeView) -> dict[str, Any]:
         "node": v.node,
         "attested": v.attested_at is not None,
         "attested_at": None if v.attested_at is None else _time(v.attested_at),
-        "agent_serial": None if v.agent_serial is None else format(v.agent_serial, "x"),
+        "agent_serial": None if v.agent_serial is None else show_serial(v.agent_serial),
         "agent_not_after": None if v.agent_not_after is None else _time(v.agent_not_after),
         "evicted": v.evicted_at is not None,
         "evicted_at": None if v.evicted_at is None else _time(v.evicted_at),

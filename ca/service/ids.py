@@ -57,3 +57,9 @@ def root_fingerprint(cert: x509.Certificate) -> str:
     pins (``openssl x509 -noout -fingerprint -sha256`` prints the same digits, upper case,
     with colons)."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def show_serial(serial: int) -> str:
+    """A serial as the service prints and answers it (``X509Svid.serial``): lowercase hex,
+    zero-padded to 32 digits. ``mesh-ca revoke --serial`` takes it as it is."""
+    return format(serial, "032x")

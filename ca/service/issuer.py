@@ -52,6 +52,7 @@ from ca.service.ids import (
     ca_dns_name,
     ca_id,
     check_node,
+    show_serial,
 )
 from ca.service.jointokens import same_hash, token_hash, well_formed
 from ca.svid import IssuedSVID
@@ -269,12 +270,14 @@ class NodeIssuer:
         if row.status != "valid":
             raise Refused(
                 Reason.CERT_REVOKED,
-                f"the agent certificate {row.serial:x} of node {row.node} is revoked; the agent "
-                f"must join again with a new join token (mesh-ca join-token {row.node})",
+                f"the agent certificate {show_serial(row.serial)} of node {row.node} is revoked; "
+                f"the agent must join again with a new join token (mesh-ca join-token "
+                f"{row.node})",
             )
         if row.not_after <= self._now():
             raise Refused(Reason.CERT_UNTRUSTED,
-                          f"the agent certificate {row.serial:x} of node {row.node} has expired")
+                          f"the agent certificate {show_serial(row.serial)} of node {row.node} "
+                          "has expired")
         key = cert.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)  # this CA signs P-256 keys only
         return Agent(row.node, row.serial, key)
@@ -377,8 +380,8 @@ class NodeIssuer:
         row = store.peer_cert(db, agent.serial)
         if row is None or row.status != "valid":
             raise Refused(Reason.CERT_REVOKED,
-                          f"the agent certificate {agent.serial:x} of node {agent.node} was "
-                          "revoked meanwhile")
+                          f"the agent certificate {show_serial(agent.serial)} of node "
+                          f"{agent.node} was revoked meanwhile")
 
     def _check_limit(self, db: sqlite3.Connection, node: str, name: str) -> None:
         held = store.count_valid(db, node, name, self._now())

@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 from ca.authority import CertificateAuthority
 from ca.service import store
 from ca.service.errors import Refused, ServeError
-from ca.service.ids import ca_id
+from ca.service.ids import ca_id, show_serial
 from ca.service.issuer import (
     DEFAULT_AGENT_TTL,
     DEFAULT_MAX_VALID,
@@ -83,7 +83,7 @@ def svid_message(issued: Issued) -> ca_pb2.X509Svid:
         cert_chain_pem=issued.chain_pem(),
         not_before=issued.not_before,
         not_after=issued.not_after,
-        serial=format(issued.serial, "x"),
+        serial=show_serial(issued.serial),
     )
 
 
@@ -379,7 +379,7 @@ def _refuse_impostor(ca: CertificateAuthority) -> None:
     before the name was reserved): its DNS name ``ca.svc.<td>`` is the one agents pin."""
     serials = store.valid_serials_of(ca.ca_dir, str(ca.trust_domain.service("ca")))
     if serials:
-        serial = format(serials[0], "x")
+        serial = show_serial(serials[0])
         raise ServeError(
             f"the registry holds a valid certificate for a service named ca (serial {serial}), "
             f"whose DNS name ca.svc.{ca.trust_domain} is the CA service's own; revoke it first "

@@ -46,8 +46,9 @@ def test_registered_service_gets_its_svid_for_the_csr_key(svc, capsys) -> None: 
     bundle = json.loads(svc.ca.bundle_path.read_text())
     assert svc.ca.record(leaf.serial_number).thumbprint in {k.get("kid") for k in bundle["keys"]}
     assert mesh_ca(["list", "--json", "--ca-dir", str(svc.ca.ca_dir)]) == 0
-    rows = {c["serial"]: c for c in json.loads(capsys.readouterr().out)["certificates"]}
-    assert (rows[svid.serial]["node"], rows[svid.serial]["kind"]) == ("node-1", "workload")
+    rows = {int(c["serial"], 16): c for c in json.loads(capsys.readouterr().out)["certificates"]}
+    row = rows[int(svid.serial, 16)]
+    assert (row["node"], row["kind"]) == ("node-1", "workload")
     # the registration's lifetime can change
     svc.register("orders", "node-1", uid=1001, ttl=timedelta(hours=2))
     svid = agent.issue("orders").svid
@@ -132,13 +133,13 @@ def test_evicted_node_gets_nothing_and_everything_it_got_is_revoked(svc, refused
     through_1 = [agent.issue("orders").svid.serial for _ in range(2)]
     through_2 = bystander.issue("orders").svid.serial
     renewed = agent.renew(cc.csr_for(cc.new_key())).agent_svid.serial
-    first_agent = format(_leaf_of_session(agent).serial_number, "x")
+    first_agent = format(_leaf_of_session(agent).serial_number, "032x")
 
     assert mesh_ca(["evict", "node-1", "--ca-dir", str(svc.ca.ca_dir)]) == 0
     out = capsys.readouterr().out
     assert "evicted node node-1: revoked 4 certificate(s)" in out
     crl = x509.load_pem_x509_crl(svc.ca.crl_path.read_bytes())
-    on_crl = {format(e.serial_number, "x") for e in crl}
+    on_crl = {format(e.serial_number, "032x") for e in crl}
     assert on_crl == {first_agent, renewed, *through_1}
     assert through_2 not in on_crl
     bundle = svc.ca.bundle_path.read_text()
@@ -174,7 +175,7 @@ def test_renew_agent_needs_a_new_key(svc, refused) -> None:  # type: ignore[no-u
     with svc.session(new_key, svid.cert_chain_pem) as renewed:
         assert renewed.issue("orders").svid.serial
     view = {n.node: n for n in admin.node_views(svc.ca.ca_dir)}["node-1"]
-    assert format(view.agent_serial or 0, "x") == svid.serial
+    assert format(view.agent_serial or 0, "032x") == svid.serial
     # the old certificate keeps working until it expires (the agent switches when ready)
     assert agent.registrations().registrations
 
@@ -203,7 +204,7 @@ def test_many_agents_at_once_all_served_and_the_registry_stays_consistent(svc) -
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         serials = list(pool.map(lambda job: job[0].issue(job[1]).svid.serial, jobs))
     assert len(set(serials)) == len(jobs)
-    records = {format(r.serial, "x"): r for r in svc.ca.records()}
+    records = {format(r.serial, "032x"): r for r in svc.ca.records()}
     assert set(serials) <= set(records)
     bundle = json.loads(svc.ca.bundle_path.read_text())
     kids = {k["kid"] for k in bundle["keys"] if k["use"] == "jwt-svid"}

@@ -64,7 +64,7 @@ def test_attest_gives_the_node_an_agent_svid_and_the_trust_state(svc, capsys) ->
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == \
         x509.SubjectAlternativeName([x509.UniformResourceIdentifier(svid.spiffe_id)])
     assert leaf.public_key() == key.public_key()  # the CSR's key; the CA never saw the private
-    assert svid.serial == format(leaf.serial_number, "x")
+    assert svid.serial == format(leaf.serial_number, "032x")
     assert svid.not_after - svid.not_before == 3600 + 60  # 1 h, started a minute back
     PolicyBuilder().store(Store([svc.ca.root_cert])).build_client_verifier().verify(
         leaf, chain[1:])
@@ -78,10 +78,9 @@ def test_attest_gives_the_node_an_agent_svid_and_the_trust_state(svc, capsys) ->
     assert not kids & {svc.ca.record(leaf.serial_number).thumbprint}
     # mesh-ca list shows it, with the node it was issued through
     assert mesh_ca(["list", "--json", "--ca-dir", str(svc.ca.ca_dir)]) == 0
-    rows = {c["serial"]: c for c in json.loads(capsys.readouterr().out)["certificates"]}
-    assert rows[svid.serial]["node"] == "node-1"
-    assert rows[svid.serial]["kind"] == "agent"
-    assert rows[svid.serial]["name"] == "agent/node-1"
+    rows = {int(c["serial"], 16): c for c in json.loads(capsys.readouterr().out)["certificates"]}
+    row = rows[int(svid.serial, 16)]
+    assert (row["node"], row["kind"], row["name"]) == ("node-1", "agent", "agent/node-1")
     # the agent's session works at once
     with svc.session(key, svid.cert_chain_pem) as agent:
         assert list(agent.registrations().registrations) == []
@@ -250,4 +249,4 @@ def test_two_agents_racing_for_one_token_one_wins(svc) -> None:  # type: ignore[
     assert len(won) == 1, outcomes
     assert outcomes.count(UNAUTH) == 5
     agents = [r for r in svc.ca.records() if r.name == "agent/node-1"]
-    assert [format(r.serial, "x") for r in agents] == won
+    assert [r.serial for r in agents] == [int(w, 16) for w in won]

@@ -125,7 +125,7 @@ def test_serve_refuses_a_ca_that_has_a_valid_service_named_ca(ca_factory, capsys
     ca.change(lambda reg: reg.insert(rec))
     code, _, err = _run(capsys, "serve", "--listen", "127.0.0.1:0", "--ca-dir", str(ca.ca_dir))
     assert code == 2
-    assert f"revoke it first (mesh-ca revoke --serial {rec.serial:x})" in err
+    assert f"revoke it first (mesh-ca revoke --serial {rec.serial:032x})" in err
     ca.revoke(serial=rec.serial)
     # control: once revoked, serve starts (run as a process, stopped at once)
     proc = subprocess.Popen([str(MESH_CA), "serve", "--listen", "127.0.0.1:0",
