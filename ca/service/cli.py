@@ -127,13 +127,13 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
     p = sub.add_parser("serve", help="run the CA service for node agents (two gRPC ports)")
     add_ca_dir(p)
     p.add_argument("--listen", required=True, metavar="HOST:PORT",
-                   help="agent port, mutual TLS (port 0: any free port)")
+                   help="agent port, mutual TLS; port 0 picks a free one (required, no default)")
     p.add_argument("--attest-listen", metavar="HOST:PORT",
                    help="attestation port, server TLS (default: the agent port's host, port + 1; "
                    "0 when the agent port is 0)")
     p.add_argument("--ready-file", metavar="FILE",
                    help="once serving, write the bound addresses and the root fingerprint here "
-                   "(JSON)")
+                   "as JSON (default: no file)")
     p.add_argument("--agent-ttl", default="1h", metavar="DURATION",
                    help="lifetime of agent SVIDs (default: %(default)s)")
     p.add_argument("--server-ttl", default="1h", metavar="DURATION",
@@ -153,9 +153,11 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
 
     p = sub.add_parser("register", help="let a node's agent obtain SVIDs for a service")
     p.add_argument("service", metavar="SERVICE")
-    p.add_argument("--node", required=True, metavar="NODE")
+    p.add_argument("--node", required=True, metavar="NODE",
+                   help="the node whose agent may obtain the SVIDs (required, no default)")
     p.add_argument("--uid", required=True, type=int, metavar="UID",
-                   help="the Unix user that runs the service on that node")
+                   help="the Unix user that runs the service on that node (required, no "
+                   "default)")
     p.add_argument("--ttl", default="1h", metavar="DURATION",
                    help="lifetime of the service's SVIDs (default: %(default)s)")
     add_ca_dir(p)
@@ -163,13 +165,15 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
 
     p = sub.add_parser("unregister", help="stop a node's agent obtaining SVIDs for a service")
     p.add_argument("service", metavar="SERVICE")
-    p.add_argument("--node", required=True, metavar="NODE")
+    p.add_argument("--node", required=True, metavar="NODE",
+                   help="the node to remove the registration from (required, no default)")
     add_ca_dir(p)
     p.set_defaults(handler=cmd_unregister)
 
     p = sub.add_parser("nodes", help="every node: attested, agent certificate, registrations")
     add_ca_dir(p)
-    p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of text (default: text)")
     p.set_defaults(handler=cmd_nodes)
 
     p = sub.add_parser("evict", help="revoke a node's agent and everything issued through it")
