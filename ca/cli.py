@@ -165,18 +165,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not records:
         print(f"no certificates issued yet in trust domain {td}")
         return 0
-    header = ("SERIAL", "NAME", "STATUS", "NOT AFTER", "THUMBPRINT (x5t#S256)", "NODE")
-    rows = [
+    header: tuple[str, ...] = ("SERIAL", "NAME", "STATUS", "NOT AFTER", "THUMBPRINT (x5t#S256)")
+    rows: list[tuple[str, ...]] = [
         (
             format(r.serial, "x"),
             r.name,
             r.state(now) + (f" ({r.reason})" if r.reason else ""),
             _time(r.not_after),
             r.thumbprint,
-            (via.get(r.serial) or (None, ""))[0] or "-",
         )
         for r in records
     ]
+    if via:  # the CA service issued something: which node each certificate went through
+        header += ("NODE",)
+        rows = [(*row, (via.get(r.serial) or (None, ""))[0] or "-")
+                for row, r in zip(rows, records, strict=True)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -67,8 +67,13 @@ def test_register_unregister_nodes(mesh_ca_dir, capsys) -> None:  # type: ignore
 def test_nodes_on_a_ca_that_never_served(mesh_ca_dir, capsys) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = _run(capsys, "nodes", "--ca-dir", mesh_ca_dir)
     assert code == 0 and "no nodes yet" in out
+    assert issue_main(["orders", "--ca-dir", mesh_ca_dir, "--out", mesh_ca_dir + "-out"]) == 0
+    capsys.readouterr()
     code, out, _ = _run(capsys, "list", "--ca-dir", mesh_ca_dir)
-    assert code == 0
+    assert code == 0 and "NODE" not in out.splitlines()[0]  # no service, no NODE column
+    code, out, _ = _run(capsys, "list", "--json", "--ca-dir", mesh_ca_dir)
+    row = json.loads(out)["certificates"][0]
+    assert (row["kind"], row["node"]) == ("service", None)
 
 
 @pytest.mark.parametrize(
