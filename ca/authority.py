@@ -17,9 +17,10 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -68,9 +69,11 @@ from ca.validate import (
 )
 from mesh.errors import InvalidSpiffeIdError
 from mesh.identity.certs import thumbprint, uri_sans
-from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
+from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain
 
 __all__ = ["DEFAULT_TTL", "CertificateAuthority", "IssuedSVID"]
+
+T = TypeVar("T")
 
 DEFAULT_TTL = timedelta(hours=24)
 # Leaves start a minute in the past so a peer whose clock lags slightly accepts them at once.
@@ -489,6 +492,53 @@ class CertificateAuthority:
         """Re-sign the CRL (fresh next-update) and rewrite the bundle from the registry."""
         self._publisher.change(lambda: None, _now(), notes=self.repairs)
 
+    # ---- for the CA service (ca/service): other identities, extension tables ------------------
+
+    def sign_leaf(
+        self,
+        spiffe_id: SpiffeId,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        name: str,
+        ttl: timedelta,
+        dns: Sequence[str] = (),
+    ) -> tuple[IssuedSVID, CertRecord]:
+        """Build and sign one X.509-SVID for any SPIFFE ID of this trust domain; record nothing.
+
+        The registry row comes back for :meth:`change` to insert (the caller decides what else
+        goes into that transaction). ``name`` is the registry's name for the identity and the
+        certificate's CN; ``dns`` its DNS SANs (none by default). The lifetime is cut to the
+        issuing CA's end instead of refused: a service answering agents has no one to ask for
+        a shorter one.
+        """
+        if spiffe_id.trust_domain != self.trust_domain:
+            raise InvalidInput(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain}")
+        now = _now()
+        ttl = min(ttl, self.issuer_cert.not_valid_after_utc - now)
+        nb, na = self._validity(now, ttl, None)
+        return self._sign(
+            spiffe_id,
+            name=name,
+            dns_names=list(check_dns(dns)),
+            extra_ips=[],
+            public_key=public_key,
+            key=None,
+            nb=nb,
+            na=na,
+            now=now,
+            ttl=ttl,
+        )
+
+    def change(self, apply: Callable[[Registry], T], *, publish: bool = True) -> T:
+        """Run ``apply(registry)`` as one CA change: under the CA's lock, in one registry
+        transaction, followed (``publish``) by the publication of bundle, roots and CRL.
+
+        Any exception from ``apply`` rolls everything back. This is how the CA service writes
+        its own tables and inserts the rows :meth:`sign_leaf` returned.
+        """
+        return self._publisher.change(lambda: apply(self._registry), _now(), notes=self.repairs,
+                                      publish=publish)
+
     # ---- internals ------------------------------------------------------------------------
 
     def _validity(
@@ -516,7 +566,7 @@ class CertificateAuthority:
             raise BadCSR("the CSR must be given as PEM bytes")
         try:
             csr = x509.load_pem_x509_csr(bytes(csr_pem))
-        except ValueError as err:
+        except (ValueError, x509.InvalidVersion) as err:  # InvalidVersion is no ValueError
             raise BadCSR("the CSR is not a readable PEM certificate signing request") from err
         try:
             public_key = csr.public_key()
@@ -554,9 +604,34 @@ class CertificateAuthority:
         if public_key is None:
             key = new_key()
             public_key = key.public_key()
-        sid = self.trust_domain.service(name)
         own_dns = self.trust_domain.service_dns_name(name)
-        dns_names = [own_dns, *(d for d in extra_dns if d != own_dns)]
+        return self._sign(
+            self.trust_domain.service(name),
+            name=name,
+            dns_names=[own_dns, *(d for d in extra_dns if d != own_dns)],
+            extra_ips=extra_ips,
+            public_key=public_key,
+            key=key,
+            nb=nb,
+            na=na,
+            now=now,
+            ttl=ttl,
+        )
+
+    def _sign(
+        self,
+        sid: SpiffeId,
+        *,
+        name: str,
+        dns_names: list[str],
+        extra_ips: list[IPAddress],
+        public_key: ec.EllipticCurvePublicKey,
+        key: ec.EllipticCurvePrivateKey | None,
+        nb: datetime,
+        na: datetime,
+        now: datetime,
+        ttl: timedelta,
+    ) -> tuple[IssuedSVID, CertRecord]:
         serial = new_serial()
         cert = build_leaf(
             spiffe_id=sid,

@@ -27,6 +27,8 @@ from ca.describe import load_certificates, render, summary, unreadable_part
 from ca.errors import BadCSR, CAError, InvalidCertificate, InvalidInput
 from ca.parsing import format_serial, parse_duration, parse_serial
 from ca.registry import CertRecord
+from ca.service import cli as service_cli
+from ca.service.admin import issued_through
 from ca.svid import IssuedSVID
 from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN
 
@@ -229,10 +231,13 @@ def cmd_crl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_json(rec: CertRecord, now: int) -> dict[str, Any]:
+def _record_json(rec: CertRecord, now: int, via: tuple[str | None, str] | None
+                 ) -> dict[str, Any]:
     return {
         "serial": format_serial(rec.serial),
         "name": rec.name,
+        "kind": "service" if via is None else via[1],
+        "node": None if via is None else via[0],
         "spiffe_id": rec.spiffe_id,
         "status": rec.state(now),
         "not_before": _time(rec.not_before),
@@ -251,15 +256,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _open_ca(args) as ca:
         records = ca.records()
         td = str(ca.trust_domain)
+        via = issued_through(ca.ca_dir)  # the node each SVID was issued through (CA service)
     now = int(datetime.now(UTC).timestamp())
     if args.json:
-        _emit({"trust_domain": td, "certificates": [_record_json(r, now) for r in records]})
+        _emit({"trust_domain": td,
+               "certificates": [_record_json(r, now, via.get(r.serial)) for r in records]})
         return 0
     if not records:
         print(f"no certificates issued yet in trust domain {td}")
         return 0
-    header = ("SERIAL", "NAME", "STATUS", "NOT AFTER", "THUMBPRINT (x5t#S256)")
-    rows = [
+    header: tuple[str, ...] = ("SERIAL", "NAME", "STATUS", "NOT AFTER", "THUMBPRINT (x5t#S256)")
+    rows: list[tuple[str, ...]] = [
         (
             format_serial(r.serial),
             r.name,
@@ -269,6 +276,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         for r in records
     ]
+    if via:  # the CA service issued something: which node each certificate went through
+        header += ("NODE",)
+        rows = [(*row, (via.get(r.serial) or (None, ""))[0] or "-")
+                for row, r in zip(rows, records, strict=True)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -469,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_json(p)
     p.set_defaults(handler=cmd_inspect)
+    service_cli.register(sub, add_ca_dir=lambda p: _add_ca_dir(p, sub=True), ca_dir=_ca_dir)
     return parser
 
 

@@ -200,6 +200,13 @@ class Registry:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for the tables other CA modules own (``ca/service``). Write only
+        inside :meth:`ca.authority.CertificateAuthority.change`, which holds the lock and the
+        transaction."""
+        return self._db
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction; rolled back on any exception, including KeyboardInterrupt."""
@@ -260,11 +267,17 @@ class Registry:
         return [_record(r) for r in rows]
 
     def bundle_keys(self, now: int) -> list[BundleKeyRow]:
-        """(thumbprint, DER, x, y) of every unrevoked, unexpired certificate, by name: just
-        what the bundle needs, without building full records (it runs on every change)."""
+        """(thumbprint, DER, x, y) of every unrevoked, unexpired service certificate, by name:
+        just what the bundle needs, without building full records (it runs on every change).
+
+        Only ``spiffe://<td>/svc/NAME`` identities sign tokens: the CA's own serving
+        certificate and node agents' certificates (``/ca``, ``/agent/NODE``) stay out of the
+        jwt-svid keys (spec 8; a trust domain has no '/', so the first one starts the path).
+        """
         rows = self._db.execute(
             "SELECT thumbprint, der, jwk_x, jwk_y FROM certs "
-            "WHERE status = 'valid' AND not_after > ? ORDER BY name, rowid",
+            "WHERE status = 'valid' AND not_after > ? AND spiffe_id GLOB 'spiffe://*/svc/*' "
+            "ORDER BY name, rowid",
             (now,),
         ).fetchall()
         return [BundleKeyRow(str(t), _blob(d), str(x), str(y)) for t, d, x, y in rows]

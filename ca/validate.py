@@ -24,11 +24,22 @@ def check_trust_domain(trust_domain: str) -> TrustDomain:
         raise InvalidTrustDomain(str(err)) from err
 
 
+#: Service names the CA never issues: ``ca.svc.<td>`` is the CA service's own DNS name, which
+#: node agents pin (spec 8); a service called ``ca`` could answer for the CA.
+RESERVED_NAMES = frozenset({"ca"})
+
+
 def check_name(name: str) -> str:
     try:
-        return validate_service_name(name)
+        name = validate_service_name(name)
     except InvalidSpiffeIdError as err:
         raise InvalidServiceName(str(err)) from err
+    if name in RESERVED_NAMES:
+        raise InvalidServiceName(
+            f"service name {name!r} is reserved: {name}.svc.<trust domain> is the CA service's "
+            "own name, which node agents pin"
+        )
+    return name
 
 
 def check_dns(names: Sequence[str]) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -39,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ca.authority import CertificateAuthority
+from ca.bundle import b64der, der_of, ec_coordinates
+from ca.service.ids import agent_id, ca_id
 from ca.svid import IssuedSVID
 from mesh.errors import CallRefused
 from mesh.identity.bundle import FileBundleSource
@@ -836,6 +839,32 @@ def build(work: Path) -> tuple[int, list[Vector]]:
          "one: refused at hop 1, the layer that extends (spec 4.5).", "payments",
          m.forge("app-asserted+jwt", "orders", "payments", upstream=mid_long, exp=now + 30),
          "orders", reason="EXPIRY_EXTENDED", hop=1)
+
+    # ---- reserved identities (spec 8.6): the CA service and node agents sign no token ------
+    for sid, what in ((str(agent_id(m.ca.trust_domain, "node-1")), "a node agent"),
+                      (str(ca_id(m.ca.trust_domain)), "the CA service")):
+        reserved_key = ec.generate_private_key(ec.SECP256R1())
+        issued, rec = m.ca.sign_leaf(SpiffeId.parse(sid), reserved_key.public_key(),
+                                     name=sid.split("/", 3)[3], ttl=LEAF_LIFETIME)
+        m.ca.change(lambda reg, rec=rec: reg.insert(rec))
+        m.svids[sid] = dataclasses.replace(issued, private_key=reserved_key)
+        label = "agent" if "/agent/" in sid else "ca-service"
+        mtls(f"reject-app-token-from-{label}-peer",
+             f"{sid} ({what}) calls inventory over mutual TLS with an app token signed by its "
+             "own certificate key; a reserved identity signs no token (spec 8.6).",
+             "inventory", m.forge("app+jwt", sid, "inventory"), sid,
+             reason="ISSUER_UNTRUSTED", hop=0)
+    agent = m.svids[str(agent_id(m.ca.trust_domain, "node-1"))]
+    x, y = ec_coordinates(agent.certificate.public_key())  # type: ignore[arg-type]
+    planted = {**bundle, "keys": [*bundle["keys"], {
+        "use": "jwt-svid", "kid": agent.thumbprint, "kty": "EC", "crv": "P-256", "x": x, "y": y,
+        "x5c": [b64der(der_of(c)) for c in agent.chain]}]}
+    edge("reject-edge-user-token-signed-by-agent-key-in-bundle",
+         "A bundle carrying a jwt-svid entry for a node agent's certificate (the CA never "
+         "publishes one): the verifier leaves the entry out, so the user token the agent signed "
+         "names no usable key (spec 2.2, 8.6).", "gateway",
+         m.forge("user+jwt", str(agent_id(m.ca.trust_domain, "node-1")), ["gateway"]),
+         bundle=planted, reason="KEY_UNKNOWN", hop=0)
 
     for d in (m, im, other, evil):
         d.ca.close()

@@ -635,6 +635,11 @@ class FileBundleSource:
             raise ValueError(f"has a certificate without exactly one SPIFFE ID ({err})") from err
         if not spiffe_id.member_of(td):
             raise ValueError(f"belongs to {spiffe_id}, outside the trust domain {td}")
+        if (role := spiffe_id.reserved_role) is not None:
+            raise ValueError(
+                f"belongs to {spiffe_id}, the identity of {role}, which may not sign tokens "
+                "(spec 8)"
+            )
         try:
             path = _verify_leaf(store, leaf, chain[1:], now)
         except VerificationError as err:

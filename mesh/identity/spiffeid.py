@@ -135,6 +135,16 @@ class SpiffeId:
                 return None
         return None
 
+    @property
+    def reserved_role(self) -> str | None:
+        """What this ID names when it is the CA service's (``/ca``) or a node agent's
+        (``/agent/NODE``): identities that may never sign a token (spec 8). None otherwise."""
+        if self.path == "/ca":
+            return "the CA service"
+        if self.path.startswith("/agent/"):
+            return "a node agent"
+        return None
+
     def member_of(self, td: TrustDomain) -> bool:
         return self.trust_domain == td
 

@@ -139,6 +139,8 @@ class Peer:
     not_after: int
     generation: int
     headers: Mapping[str, tuple[str, str]] = field(repr=False)
+    #: spiffe_id.reserved_role, computed once: the CA service and node agents sign no tokens
+    reserved_role: str | None = None
 
 
 class _Known(NamedTuple):
@@ -303,6 +305,7 @@ class ChainVerifier:
             not_after=int(cert.not_valid_after_utc.timestamp()),
             generation=generation,
             headers={jose.encoded_header(typ, tp): (typ, tp) for typ in (APP, APP_ASSERTED)},
+            reserved_role=sid.reserved_role,
         )
 
     # --- rules 2 to 5 --------------------------------------------------------------------------
@@ -549,6 +552,12 @@ class ChainVerifier:
     # rule 4: the outermost token is the peer's own
     def _check_outermost(self, layer: _Layer, peer: Peer, now: int) -> None:
         c = layer.claims
+        if peer.reserved_role is not None:
+            raise IssuerUntrusted(
+                f"the outermost token comes from {peer.spiffe_id}, the identity of "
+                f"{peer.reserved_role}, which may not sign tokens (spec 8)",
+                hop=0,
+            )
         if layer.kid != peer.thumbprint:
             raise PeerMismatch(
                 f"the outermost token was not signed with the certificate key of the peer "
@@ -650,6 +659,13 @@ class ChainVerifier:
                 f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} names a signing key "
                 f"that is not in the trust bundle of {self.bundle.trust_domain}{why}; it was "
                 "not signed by a current member of this trust domain (spec 4.5)",
+                hop=layer.hop,
+            )
+        if (role := key.spiffe_id.reserved_role) is not None:
+            # FileBundleSource never loads such a key; another BundleSource might.
+            raise IssuerUntrusted(
+                f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} was signed with the key "
+                f"of {key.spiffe_id}, the identity of {role}, which may not sign tokens (spec 8)",
                 hop=layer.hop,
             )
         # Leaf and intermediates alike: revoking a CA must end every key it certified. Done

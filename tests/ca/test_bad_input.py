@@ -193,3 +193,21 @@ def test_open_refuses_a_ca_key_open_to_others(
             CertificateAuthority.open(ca.ca_dir)
         path.chmod(0o600)
     CertificateAuthority.open(ca.ca_dir).close()  # control: fixed modes open again
+
+
+def test_csr_with_an_invalid_version_is_a_bad_csr(mesh_ca: CertificateAuthority) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for version != 0: found by the CA
+    service's property tests; it was a traceback out of ca-issue --csr."""
+    import base64
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    ).sign(key, hashes.SHA256())
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[7] ^= 1  # the version INTEGER: 0 -> 1
+    pem = (b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der))
+           + b"-----END CERTIFICATE REQUEST-----\n")
+    with pytest.raises(errors.BadCSR):
+        mesh_ca.issue("orders", csr_pem=pem)
+    assert mesh_ca.issue("orders", csr_pem=csr.public_bytes(serialization.Encoding.PEM))

@@ -135,7 +135,8 @@ class NodeAgentServiceServicer:
 
     def RenewAgent(self, request, context):
         """Mutual TLS as spiffe://<td>/agent/<NODE>. Refused: NOT_AN_AGENT, NODE_EVICTED,
-        CERT_REVOKED, CSR_INVALID.
+        CERT_REVOKED, CSR_INVALID, SVID_LIMIT (RESOURCE_EXHAUSTED: the node holds the most valid
+        agent SVIDs the CA allows).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,7 +150,9 @@ class NodeAgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def IssueWorkloadSvid(self, request, context):
-        """Refused: NOT_REGISTERED for a service not registered to the caller's node.
+        """Refused: NOT_REGISTERED for a service not registered to the caller's node; SVID_LIMIT
+        (RESOURCE_EXHAUSTED) when the node already holds the most valid SVIDs of that service the
+        CA allows (default 10).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
