@@ -141,6 +141,7 @@ class Agent:
         self._writers: dict[str, SvidFolderWriter] = {}
         self.ready = asyncio.Event()
         self._status_dirty = asyncio.Event()
+        self._trust_dirty = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -343,6 +344,7 @@ class Agent:
         self._spawn("trust", self._trust_loop())
         self._spawn("expiry", self._expiry_loop())
         self._spawn("status", self._status_loop())
+        self._spawn("trust-flush", self._trust_flush_loop())
 
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"agent:{name}")
@@ -580,19 +582,33 @@ class Agent:
                          msg.sequence, old.sequence)
             return
         self.store.set_trust(trust)
-        svids = list(self.store.svids.values())
-        agent = self.agent_svid
-
-        def persist() -> None:
-            self.state.save_agent(agent, trust)
-            for svid in svids:
-                self._persist(svid, trust)
-
-        await asyncio.to_thread(persist)
+        self._trust_dirty.set()
         if old is None or old.roots_pem != trust.roots_pem:
+            agent = self.agent_svid
             self.ca.use_identity(trust.roots_pem, agent.chain_pem, agent.key_pem)
-        _log.info("trust bundle updated: sequence %d", trust.sequence)
+        _log.debug("trust bundle updated: sequence %d", trust.sequence)
         self._write_status()
+
+    async def _trust_flush_loop(self) -> None:
+        """Write the latest trust state into the state folder and every SVID folder, at most
+        once a second: every issuance changes the CA's bundle (the new key joins it), so a
+        renewal storm brings a stream of bundle updates, and rewriting every folder for each
+        would be quadratic. The Workload API streams see each update at once."""
+        assert self.store is not None
+        while True:
+            await self._trust_dirty.wait()
+            self._trust_dirty.clear()
+            trust, agent = self.store.trust, self.agent_svid
+            svids = list(self.store.svids.values())
+            if trust is not None and agent is not None:
+
+                await asyncio.to_thread(self._persist_all, agent, svids, trust)
+            await self._sleep(1.0)
+
+    def _persist_all(self, agent: HeldSvid, svids: list[HeldSvid], trust: TrustState) -> None:
+        self.state.save_agent(agent, trust)
+        for svid in svids:
+            self._persist(svid, trust)
 
     async def _expiry_loop(self) -> None:
         """Wake the Workload API streams when an SVID expires, and end an evicted agent once

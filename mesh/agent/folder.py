@@ -26,10 +26,12 @@ matching set, and that the next write repairs the leftovers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,17 +131,29 @@ class SvidFolderWriter:
     """Keeps one spiffe-helper folder current; every :meth:`write` switches all five files.
 
     ``owner`` (uid, gid): the files of each generation are given to that user (the service
-    reading them; its key must be readable by it alone). Not thread-safe: one writer per folder.
+    reading them; its key must be readable by it alone). Writes to one folder are serialised
+    (a thread lock, and ``flock`` on the folder against another process): two interleaved
+    writes could otherwise clean up each other's fresh generation.
     """
 
     def __init__(self, folder: Path | str, *, owner: tuple[int, int] | None = None) -> None:
         self.folder = Path(folder)
         self.owner = owner
+        self._lock = threading.Lock()
 
     def write(self, content: FolderContent) -> Path:
         """Publish ``content``; returns the new generation folder."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return self._write_locked(content)
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _write_locked(self, content: FolderContent) -> Path:
         folder = self.folder
-        folder.mkdir(parents=True, exist_ok=True)
         gen = folder / f"{_GEN_PREFIX}{time.time_ns()}-{secrets.token_hex(4)}"
         os.mkdir(gen, 0o755)
         os.chmod(gen, 0o755)  # noqa: S103 (readers need to enter; the key file is 0600)

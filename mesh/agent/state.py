@@ -74,6 +74,13 @@ class StateDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._writers: dict[Path, SvidFolderWriter] = {}
+
+    def _writer(self, folder: Path) -> SvidFolderWriter:
+        writer = self._writers.get(folder)
+        if writer is None:
+            writer = self._writers[folder] = SvidFolderWriter(folder)
+        return writer
 
     def prepare(self) -> None:
         """Create the folder 0700, or check an existing one is ours and closed to others."""
@@ -119,7 +126,7 @@ class StateDir:
         return self.path / "agent"
 
     def save_agent(self, svid: HeldSvid, trust: TrustState) -> None:
-        SvidFolderWriter(self.agent_folder).write(folder_content(svid, trust))
+        self._writer(self.agent_folder).write(folder_content(svid, trust))
 
     def load_agent(self, expected_id: str) -> tuple[HeldSvid, TrustState] | None:
         """The stored agent SVID and trust, or None if there is none or it is not valid now."""
@@ -131,7 +138,7 @@ class StateDir:
         return self.path / "svids" / service
 
     def save_service(self, svid: HeldSvid, trust: TrustState) -> None:
-        SvidFolderWriter(self.service_folder(svid.name)).write(folder_content(svid, trust))
+        self._writer(self.service_folder(svid.name)).write(folder_content(svid, trust))
 
     def load_service(
         self, service: str, expected_id: str, trust: TrustState
