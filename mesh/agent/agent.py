@@ -395,7 +395,7 @@ class Agent:
             held = self.agent_svid if name == "agent" else self._held(name)
             now = time.time()
             if held is not None and attempt == 0:
-                due = renewal_time(held.not_before, held.not_after)
+                due = renewal_time(held.issued_at, held.not_after)
                 self._track(name, "ok", f"serial {held.serial}", due)
                 if due > now:
                     await self._sleep(due - now)

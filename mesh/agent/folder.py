@@ -18,8 +18,8 @@ first write moves them into generation folder ``.gen-0-imported`` *with their co
 unchanged*, turns each name into a link one at a time (each swap changes no byte a reader sees),
 then publishes the new generation with the single ``.current`` swap.
 
-Crash proof: ``MESH_AGENT_KILL_AT=<step>`` makes the writing process ``SIGKILL`` itself at that
-step (see :data:`STEPS`); tests kill at every step and check the folder still loads as a
+Crash proof: ``MESH_AGENT_KILL_AT=<step>[@N]`` makes the writing process ``SIGKILL`` itself at
+that step (the N-th time it is reached; see :data:`STEPS`); tests kill at every step and check the folder still loads as a
 matching set, and that the next write repairs the leftovers.
 """
 
@@ -64,9 +64,21 @@ STEPS = (
 )
 
 
+_reached: dict[str, int] = {}
+
+
 def _step(name: str) -> None:
-    """Die here if the kill switch names this step (crash tests only)."""
-    if os.environ.get(KILL_ENV) == name:
+    """Die here if the kill switch names this step (crash tests only): ``STEP`` kills the
+    first time the step is reached in this process, ``STEP@N`` the N-th time (a kill in the
+    middle of a later renewal, not of the first issuance)."""
+    want = os.environ.get(KILL_ENV)
+    if not want:
+        return
+    step, _, nth = want.partition("@")
+    if step != name:
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] >= (int(nth) if nth.isdigit() else 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -60,6 +60,10 @@ class HeldSvid:
     not_before: float
     not_after: float
     serial: str
+    #: when the life that renewal timing counts from began: the moment the agent received the
+    #: certificate (CAs backdate not_before to absorb clock skew: meshid's by a minute, which
+    #: would otherwise make a 20 s SVID renew after 40 s), or not_before if that is later
+    issued_at: float = 0.0
 
     @property
     def chain_pem(self) -> bytes:
@@ -79,7 +83,8 @@ class HeldSvid:
 
     @property
     def lifetime(self) -> float:
-        return self.not_after - self.not_before
+        """The life renewal timing counts: from ``issued_at`` to ``not_after``."""
+        return self.not_after - self.issued_at
 
     def valid_at(self, now: float) -> bool:
         return self.not_before <= now < self.not_after
@@ -93,6 +98,7 @@ def hold(
     roots: tuple[x509.Certificate, ...],
     *,
     now: datetime | None = None,
+    received_at: float | None = None,
 ) -> HeldSvid:
     """Check what the CA returned for ``name`` and make it a :class:`HeldSvid`."""
     try:
@@ -128,14 +134,16 @@ def hold(
             f"the certificate the CA returned for {name} does not chain to the trust anchors "
             f"({str(err).splitlines()[0][:160]})"
         ) from err
+    not_before = leaf.not_valid_before_utc.timestamp()
     return HeldSvid(
         name=name,
         spiffe_id=expected_id,
         chain=chain,
         key=key,
-        not_before=leaf.not_valid_before_utc.timestamp(),
+        not_before=not_before,
         not_after=leaf.not_valid_after_utc.timestamp(),
         serial=f"{leaf.serial_number:032x}",
+        issued_at=max(not_before, when.timestamp() if received_at is None else received_at),
     )
 
 

@@ -171,7 +171,9 @@ class StateDir:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise AgentConfigError(f"{folder / KEY_FILE} is not an EC key")
         try:
-            return hold(name, chain_pem, key, expected_id, trust.roots), trust
+            # when it was received is not stored: count its life from not_before (an earlier
+            # renewal, never a later one)
+            return hold(name, chain_pem, key, expected_id, trust.roots, received_at=0.0), trust
         except AgentError:
             return None  # expired, or not ours any more: get a new one
 

@@ -53,16 +53,14 @@ class AgentThread:
             self.agent = Agent(self.config)
             waiter = asyncio.ensure_future(self.agent.ready.wait())
             waiter.add_done_callback(lambda _: self._ready.set())
-            try:
-                return await self.agent.run()
-            finally:
-                self._ready.set()
+            return await self.agent.run()
 
         try:
             self.result.set_result(self.loop.run_until_complete(run()))
         except BaseException as err:  # AgentExit included
             self.result.set_exception(err)
         finally:
+            self._ready.set()
             self.loop.close()
 
     def wait_ready(self, timeout: float = 30) -> Agent:
@@ -107,17 +105,17 @@ def agent_runner(fake_ca: FakeCA) -> Iterator[Callable[..., AgentThread]]:
         base = short_dir("agt-")
         if token == "new":
             token = fake_ca.join_token(node)
-        config = AgentConfig(
-            ca=f"127.0.0.1:{fake_ca.agent_port}",
-            ca_attest=f"127.0.0.1:{fake_ca.attest_port}",
-            ca_fingerprint=fake_ca.fingerprint,
-            node=node,
-            join_token=token,
-            state=state or base / "state",
-            socket=sock or base / "agent.sock",
-            **{"retry_base": 0.05, "retry_cap": 0.5, "sync_interval": 0.3, "ca_timeout": 3.0,
-               **kw},
-        )
+        config = AgentConfig(**{
+            "ca": f"127.0.0.1:{fake_ca.agent_port}",
+            "ca_attest": f"127.0.0.1:{fake_ca.attest_port}",
+            "ca_fingerprint": fake_ca.fingerprint,
+            "node": node,
+            "join_token": token,
+            "state": state or base / "state",
+            "socket": sock or base / "agent.sock",
+            "retry_base": 0.05, "retry_cap": 0.5, "sync_interval": 0.3, "ca_timeout": 3.0,
+            **kw,
+        })
         t = AgentThread(config)
         started.append(t)
         return t
