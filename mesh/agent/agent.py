@@ -142,6 +142,7 @@ class Agent:
         self.ready = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._trust_dirty = asyncio.Event()
+        self._views_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -317,9 +318,18 @@ class Agent:
         _log.info("Workload API on %s", self.config.socket)
 
     async def _view(self, uid: int | None) -> str:
+        """The internal socket of ``uid``'s view, its server started on first use (one lock:
+        callers racing for a new uid must not start two servers on one path)."""
         got = self._views.get(uid)
         if got is not None:
             return got[1]
+        async with self._views_lock:
+            got = self._views.get(uid)
+            if got is not None:
+                return got[1]
+            return await self._start_view(uid)
+
+    async def _start_view(self, uid: int | None) -> str:
         assert self._run_dir is not None and self.store is not None
         path = str(self._run_dir / ("deny.sock" if uid is None else f"uid-{uid}.sock"))
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

@@ -19,8 +19,8 @@ unchanged*, turns each name into a link one at a time (each swap changes no byte
 then publishes the new generation with the single ``.current`` swap.
 
 Crash proof: ``MESH_AGENT_KILL_AT=<step>[@N]`` makes the writing process ``SIGKILL`` itself at
-that step (the N-th time it is reached; see :data:`STEPS`); tests kill at every step and check the folder still loads as a
-matching set, and that the next write repairs the leftovers.
+that step (the N-th time it is reached; see :data:`STEPS`); tests kill at every step and check
+the folder still loads as a matching set, and that the next write repairs the leftovers.
 """
 
 from __future__ import annotations

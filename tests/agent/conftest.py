@@ -9,6 +9,7 @@ in-process on their own event loop thread or as `mesh agent` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import threading
@@ -85,10 +86,8 @@ class AgentThread:
 
     def stop(self, timeout: float = 20) -> int | None:
         if not self.result.done() and self.agent is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
                 self.loop.call_soon_threadsafe(self.agent.stop)
-            except RuntimeError:
-                pass
         self.thread.join(timeout)
         try:
             return self.result.result(0)

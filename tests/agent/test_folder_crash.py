@@ -50,7 +50,7 @@ def _write_in_child(folder: Path, content: FolderContent, tmp: Path, kill_at: st
     if kill_at:
         env[KILL_ENV] = kill_at
     return subprocess.run([sys.executable, "-c", _WRITER, str(folder), str(src)],
-                          env=env, timeout=60).returncode
+                          env=env, timeout=60, check=False).returncode
 
 
 def _loaded_set(folder: Path) -> bytes | None:

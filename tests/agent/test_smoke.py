@@ -11,6 +11,6 @@ def test_agent_attests_issues_and_writes(fake_ca, agent_runner):
     t = agent_runner(writes={"orders": out / "orders"})
     agent = t.wait_ready()
     wait_for(lambda: "orders" in agent.store.svids, what="orders SVID")
-    wait_for(lambda: (out / "orders" / "svid.pem").exists(), what="folder")
+    wait_for((out / "orders" / "svid.pem").exists, what="folder")
     folder = X509SvidFolder(out / "orders")
     assert str(folder.current().spiffe_id) == "spiffe://mesh.internal/svc/orders"
