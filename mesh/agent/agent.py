@@ -123,6 +123,8 @@ class Agent:
         for name in config.writes:
             validate_service_name(name)
         self.fingerprint = boot.normalise_fingerprint(config.ca_fingerprint)
+        boot.split_host_port(config.ca)
+        self.attest_target = config.ca_attest or boot.default_attest_target(config.ca)
         self.state = StateDir(config.state)
         self.backoff = Backoff(config.retry_base, config.retry_cap)
         self.store: IdentityStore | None = None
@@ -143,6 +145,7 @@ class Agent:
         self._status_dirty = asyncio.Event()
         self._trust_dirty = asyncio.Event()
         self._views_lock = asyncio.Lock()
+        self._renew_now = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -241,7 +244,7 @@ class Agent:
 
     async def _attest(self) -> None:
         cfg = self.config
-        attest_target = cfg.ca_attest or cfg.ca
+        attest_target = self.attest_target
         attempt = 0
         while True:
             try:
@@ -301,7 +304,7 @@ class Agent:
     def _make_client(self, trust: TrustState) -> None:
         assert self.td is not None and self.agent_svid is not None
         cfg = self.config
-        self.ca = CAClient(cfg.ca, cfg.ca_attest or cfg.ca, boot.ca_dns_name(self.td),
+        self.ca = CAClient(cfg.ca, self.attest_target, boot.ca_dns_name(self.td),
                            trust.roots_pem, timeout=cfg.ca_timeout)
         self.ca.use_identity(trust.roots_pem, self.agent_svid.chain_pem, self.agent_svid.key_pem)
 
@@ -376,6 +379,20 @@ class Agent:
         if self._stop.is_set():
             raise asyncio.CancelledError
 
+    async def _wait_due(self, seconds: float) -> None:
+        """Sleep until a renewal is due, or until :meth:`renew_now` asks for it at once."""
+        event = self._renew_now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, seconds))
+        if self._stop.is_set():
+            raise asyncio.CancelledError
+
+    def renew_now(self) -> None:
+        """Renew every SVID now (loop thread only): after a key compromise, or to measure a
+        renewal storm. SIGHUP does this for ``mesh agent``."""
+        event, self._renew_now = self._renew_now, asyncio.Event()
+        event.set()
+
     def _set_ca(self, state: str, detail: str) -> None:
         if state != self.ca_state.state:
             if state == "ok":
@@ -408,7 +425,7 @@ class Agent:
                 due = renewal_time(held.issued_at, held.not_after)
                 self._track(name, "ok", f"serial {held.serial}", due)
                 if due > now:
-                    await self._sleep(due - now)
+                    await self._wait_due(due - now)
             try:
                 await (self._renew_agent() if name == "agent" else self._issue(name))
                 self._set_ca("ok", "")

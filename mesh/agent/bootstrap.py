@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import re
 import socket
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -87,6 +88,15 @@ def split_host_port(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def default_attest_target(agent_target: str) -> str:
+    """The CA service's attestation port when not given: the agent port's host, port + 1
+    (``mesh-ca serve``'s default)."""
+    host, port = split_host_port(agent_target)
+    if port == 65535:
+        raise AgentConfigError("--ca has port 65535: give --ca-attest explicitly")
+    return f"[{host}]:{port + 1}" if ":" in host else f"{host}:{port + 1}"
+
+
 def fetch_served_chain(target: str, *, timeout: float = 5.0) -> list[x509.Certificate]:
     """The certificates the TLS server at ``target`` presents, unverified (read only)."""
     host, port = split_host_port(target)
@@ -100,7 +110,12 @@ def fetch_served_chain(target: str, *, timeout: float = 5.0) -> list[x509.Certif
     conn = SSL.Connection(ctx, sock)
     try:
         conn.set_connect_state()
-        sock.settimeout(timeout)
+        # pyOpenSSL needs a blocking socket (a Python-level timeout turns into WantReadError);
+        # the kernel's receive/send timeouts bound the handshake instead.
+        sock.settimeout(None)
+        tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         try:
             conn.do_handshake()
         except (SSL.Error, OSError) as err:

@@ -42,7 +42,8 @@ def register(commands: Any) -> None:
     )
     p.add_argument("--ca", metavar="HOST:PORT", help="the CA service's agent port (mutual TLS)")
     p.add_argument("--ca-attest", metavar="HOST:PORT",
-                   help="the CA service's attestation port (server TLS; default: --ca)")
+                   help="the CA service's attestation port (server TLS; default: the --ca host, "
+                   "port + 1)")
     p.add_argument("--ca-fingerprint", metavar="SHA256",
                    help="SHA-256 of the CA root certificate's DER, hex (pins the CA)")
     p.add_argument("--node", help="this node's name, as registered at the CA")
@@ -138,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
+        loop.add_signal_handler(signal.SIGHUP, agent.renew_now)
         return await agent.run()
 
     try:
