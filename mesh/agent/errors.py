@@ -6,7 +6,10 @@ from mesh.errors import ConfigError, MeshError, Reason
 
 
 class AgentError(MeshError):
-    """Base class of the agent's errors."""
+    """Base class of the agent's errors (the base reason: something the agent was given or
+    told is unusable)."""
+
+    reason = Reason.CONFIG_INVALID
 
 
 class AgentConfigError(AgentError, ConfigError):
@@ -29,7 +32,11 @@ class CAUnavailable(AgentError):
 
 
 class CARefused(AgentError):
-    """The CA answered and refused; ``code`` is the CA's reason (``NODE_EVICTED``, ...)."""
+    """The CA answered and refused; ``code`` is the CA's reason (``NODE_EVICTED``,
+    ``JOIN_TOKEN_USED``, ...), and ``status`` its gRPC status. The class-level ``reason`` is only
+    the family's default."""
+
+    reason = Reason.NOT_REGISTERED
 
     def __init__(self, message: str, code: Reason) -> None:
         super().__init__(message)
