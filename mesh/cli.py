@@ -17,6 +17,7 @@ from collections.abc import Sequence
 GROUPS: dict[str, str] = {
     "token": "mesh.tokens.cli",
     "demo": "mesh.demo.client.cli",
+    "agent": "mesh.agent.cli",
 }
 
 

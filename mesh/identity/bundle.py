@@ -235,11 +235,15 @@ class _Crls:
     versions: Mapping[bytes, _CrlVersion] = field(default_factory=dict)
 
 
-def _load_crls(path: Path, issuers: Sequence[x509.Certificate]) -> _Crls:
+def _read_crl_file(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise BundleError(f"cannot read the CRL file {path}: {err.strerror}") from err
+
+
+def _load_crls(data: bytes, path: Path, issuers: Sequence[x509.Certificate]) -> _Crls:
+    """The CRLs in ``data`` (PEM); ``path`` names where they came from in messages."""
     blocks = _PEM_CRL_RE.findall(data)
     if not blocks:
         raise BundleError(f"the CRL file {path} holds no PEM 'X509 CRL' block")
@@ -505,15 +509,26 @@ class FileBundleSource:
         )
         return True
 
+    def _read_bundle(self) -> bytes:
+        """The bundle document's bytes (at most 4 MiB + 1); overridden by in-memory sources."""
+        try:
+            with open(self._path, "rb") as fh:
+                return fh.read(_MAX_BUNDLE_BYTES + 1)
+        except OSError as err:
+            raise BundleError(
+                f"cannot read the trust bundle {self._path}: {err.strerror}"
+            ) from err
+
+    def _read_crl(self) -> bytes:
+        """The CRL PEM's bytes (only called when a CRL is configured)."""
+        assert self._crl_path is not None
+        return _read_crl_file(self._crl_path)
+
     def _load(
         self, file_ids: tuple[tuple[int, ...] | None, ...], previous: _Snapshot | None
     ) -> _Snapshot:
         path = self._path
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(_MAX_BUNDLE_BYTES + 1)
-        except OSError as err:
-            raise BundleError(f"cannot read the trust bundle {path}: {err.strerror}") from err
+        data = self._read_bundle()
         if len(data) > _MAX_BUNDLE_BYTES:
             raise BundleError(f"the trust bundle {path} is larger than 4 MiB")
         try:
@@ -584,7 +599,7 @@ class FileBundleSource:
         issuers = [*anchors, *intermediates.values()]
         crls = _Crls(frozenset(), (), None)
         if self._crl_path is not None:
-            crls = _load_crls(self._crl_path, issuers)
+            crls = _load_crls(self._read_crl(), self._crl_path, issuers)
             if previous is not None:
                 _check_crl_rollback(self._crl_path, previous.crl_versions, crls.versions, issuers)
             if crls.next_update is not None and crls.next_update < now:
