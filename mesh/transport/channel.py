@@ -28,6 +28,7 @@ from mesh.transport.aio_client import aio_client_interceptors
 from mesh.transport.credentials import channel_credentials
 from mesh.transport.errors import ServerConfigError
 from mesh.transport.minter import DEFAULT_TTL, TokenMinter
+from mesh.transport.options import channel_options
 
 _log = logging.getLogger(__name__)
 
@@ -50,14 +51,16 @@ def callee_identity(service: str | SpiffeId, trust_domain: TrustDomain) -> tuple
 class _Settings:
     def __init__(self, target: str, service: str | SpiffeId, source: SvidSource, *,
                  trust_domain: TrustDomain | str | None, options: Options, require_user: bool,
-                 token_ttl: int, token_cache: bool) -> None:
+                 token_ttl: int, token_cache: bool, proxy: bool) -> None:
         td = (TrustDomain(trust_domain) if isinstance(trust_domain, str)
               else trust_domain or source.current().spiffe_id.trust_domain)
         self.callee, self.dns_name = callee_identity(service, td)
         self.target = target
         self.source = source
+        # The pinned name always wins; metadata limits and "no proxy" come from options.py.
         self.options: list[tuple[str, Any]] = [
-            *[(k, v) for k, v in options if k != "grpc.ssl_target_name_override"],
+            *channel_options([(k, v) for k, v in options
+                              if k != "grpc.ssl_target_name_override"], proxy=proxy),
             ("grpc.ssl_target_name_override", self.dns_name),
         ]
         self.require_user = require_user
@@ -106,10 +109,10 @@ class MeshChannel(grpc.Channel):
                  trust_domain: TrustDomain | str | None = None, options: Options = (),
                  require_user: bool = False, token_ttl: int = DEFAULT_TTL,
                  token_cache: bool = True, interceptors: Iterable[Any] = (),
-                 close_grace: float | None = None) -> None:
+                 close_grace: float | None = None, proxy: bool = False) -> None:
         self._settings = _Settings(target, service, source, trust_domain=trust_domain,
                                    options=options, require_user=require_user,
-                                   token_ttl=token_ttl, token_cache=token_cache)
+                                   token_ttl=token_ttl, token_cache=token_cache, proxy=proxy)
         self._extra = list(interceptors)
         self._grace = close_grace
         self._lock = threading.Lock()
@@ -337,10 +340,10 @@ class AioMeshChannel:
                  trust_domain: TrustDomain | str | None = None, options: Options = (),
                  require_user: bool = False, token_ttl: int = DEFAULT_TTL,
                  token_cache: bool = True, interceptors: Iterable[Any] = (),
-                 close_grace: float = 60.0) -> None:
+                 close_grace: float = 60.0, proxy: bool = False) -> None:
         self._settings = _Settings(target, service, source, trust_domain=trust_domain,
                                    options=options, require_user=require_user,
-                                   token_ttl=token_ttl, token_cache=token_cache)
+                                   token_ttl=token_ttl, token_cache=token_cache, proxy=proxy)
         self._extra = list(interceptors)
         self._grace = close_grace
         self._draining: set[asyncio.Task[None]] = set()

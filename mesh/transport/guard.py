@@ -114,6 +114,11 @@ class CallGuard:
     def edge(self) -> bool:
         return self._edge
 
+    @property
+    def max_token_size(self) -> int:
+        """The largest token this guard's verifier accepts (gRPC's limits are set above it)."""
+        return self._verifier.limits.max_size
+
     def _reject(self, method: str, code: grpc.StatusCode, message: str, reason: str,
                 extra: Mapping[str, str] | None = None) -> Rejected:
         return Rejected(rejection(code, message, reason, service=str(self.own_id),

@@ -43,6 +43,7 @@ from mesh.transport.errors import InsecureServerError, ServerConfigError
 from mesh.transport.guard import CALL_CACHE_MAX, HEALTH_METHODS, CallGuard
 from mesh.transport.handlers import GuardedGenericHandler
 from mesh.transport.handlers import wrap_handler as wrap_sync
+from mesh.transport.options import server_options
 
 _log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class MeshServer(_GuardedServer):
             futures.ThreadPoolExecutor(max_workers=max_workers,
                                        thread_name_prefix=f"mesh-{source.current().spiffe_id}"),
             interceptors=list(interceptors),
-            options=list(options),
+            options=server_options(options, max_token_size=self.guard.max_token_size),
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
@@ -241,7 +242,9 @@ class AioMeshServer(_GuardedServer):
         super().__init__(source, policy, trust, edge=edge, audit=audit,
                          caches=caches, tokenless_methods=tokenless_methods,
                          wrap_generic=AioGuardedGenericHandler, wrap_method=wrap_aio)
-        self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+        self._server = grpc.aio.server(
+            interceptors=list(interceptors),
+            options=server_options(options, max_token_size=self.guard.max_token_size))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
 
