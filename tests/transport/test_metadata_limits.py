@@ -4,8 +4,8 @@ channels never dial through an HTTP proxy from the environment unless asked to."
 from __future__ import annotations
 
 import socket
-from concurrent import futures
 import threading
+from concurrent import futures
 from typing import Any
 
 import grpc
