@@ -169,3 +169,28 @@ def _check_user_extras(claims: Mapping[str, Any]) -> None:
         isinstance(roles, list) and all(isinstance(r, str) for r in roles)
     ):
         raise ClaimInvalid("the user token's 'roles' claim must be a list of strings")
+
+
+class WrapFacts(NamedTuple):
+    """What a signer needs to know of a token it wraps: who it is for, whose, until when."""
+
+    aud: tuple[str, ...]
+    sub: str
+    exp: int
+
+
+def wrap_facts(typ: str, claims: Mapping[str, Any]) -> WrapFacts:
+    """The ``aud``, ``sub`` and ``exp`` of a user or app-asserted token, type-checked as
+    :func:`parse_claims` does, without the rest (a wrapping signer already verified the token
+    on receipt; this only guards against wrapping something a verifier would refuse)."""
+    sub = _str(claims, "sub", typ)
+    exp = _int(claims, "exp", typ)
+    assert exp is not None  # required=True never returns None
+    aud_value = _require(claims, "aud", typ)
+    if isinstance(aud_value, str):
+        aud: tuple[str, ...] = (aud_value,)
+    elif isinstance(aud_value, list) and all(isinstance(a, str) for a in aud_value):
+        aud = tuple(aud_value)
+    else:
+        raise ClaimInvalid(f"the {KIND_NAMES[typ]}'s 'aud' claim is not a SPIFFE ID or a list")
+    return WrapFacts(aud, sub, exp)

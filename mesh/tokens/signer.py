@@ -16,7 +16,7 @@ from mesh.identity.certs import spiffe_id_of, thumbprint
 from mesh.identity.spiffeid import SpiffeId, spiffe_id
 from mesh.identity.svid import SvidSource
 from mesh.tokens import jose
-from mesh.tokens.claims import APP, APP_ASSERTED, CNF_THUMBPRINT, KIND_NAMES, USER, parse_claims
+from mesh.tokens.claims import APP, APP_ASSERTED, CNF_THUMBPRINT, KIND_NAMES, USER, wrap_facts
 from mesh.tokens.errors import (
     AudienceMismatch,
     SigningError,
@@ -153,8 +153,7 @@ class TokenSigner:
             parsed = jose.parse(upstream)
             typ = parsed.typ
             if typ in (USER, APP_ASSERTED):
-                up = parse_claims(typ, parsed.claims, {str(self.spiffe_id): self.spiffe_id})
-                up_aud, sub, up_exp = up.aud, up.sub, up.exp
+                up_aud, sub, up_exp = wrap_facts(typ, parsed.claims)
         if typ not in (USER, APP_ASSERTED):
             kind = KIND_NAMES.get(typ, repr(typ[:40]))
             raise TypeMismatch(

@@ -97,3 +97,32 @@ def test_the_signer_emits_exactly_the_header_the_verifier_knows(mesh: Any) -> No
     assert token.split(".")[0] == encoded_header("app+jwt", mesh.kid("gateway"))
     user = mesh.user_token("gateway")
     assert user.split(".")[0] == encoded_header("user+jwt", mesh.kid("auth"))
+
+
+def test_the_canonical_header_shortcut_agrees_with_the_full_check(mesh: Any) -> None:
+    """Headers matching the signer's exact bytes skip the JSON parser; the verdict must be the
+    full check's. Near misses (reordered, spaced, duplicated, other alg) take the full check."""
+    from mesh.tokens.jose import _CANONICAL_HEADER, _check_header, b64url_decode, encoded_header
+
+    kid = mesh.kid("gateway")
+    for typ in ("user+jwt", "app+jwt", "app-asserted+jwt"):
+        h64 = encoded_header(typ, kid)
+        assert _CANONICAL_HEADER.fullmatch(b64url_decode(h64, "header"))
+        assert _check_header(h64) == (typ, kid)
+    near_misses = [
+        ({"typ": "app+jwt", "alg": "ES256", "kid": kid}, ("app+jwt", kid)),  # reordered: fine
+        (b'{"alg": "ES256","kid":"%s","typ":"app+jwt"}' % kid.encode(), ("app+jwt", kid)),
+        (b'{"alg":"ES256","alg":"ES256","kid":"%s","typ":"app+jwt"}' % kid.encode(),
+         E.TokenMalformed),
+        ({"alg": "ES384", "kid": kid, "typ": "app+jwt"}, E.AlgorithmNotAllowed),
+        ({"alg": "ES256", "kid": kid, "typ": "app+jwt", "crit": []}, E.HeaderInvalid),
+    ]
+    for header, expected in near_misses:
+        raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+        h64 = jose.b64url(raw)
+        assert not _CANONICAL_HEADER.fullmatch(raw)
+        if isinstance(expected, tuple):
+            assert _check_header(h64) == expected
+        else:
+            with pytest.raises(expected):
+                _check_header(h64)
