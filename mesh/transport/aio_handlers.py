@@ -130,17 +130,3 @@ def wrap_handler(handler: Handler, method: str, guard: CallGuard) -> Handler:
                  else grpc.stream_stream_rpc_method_handler)
     return factory_s(stream_response, None, resp)
 
-
-class AioGuardedGenericHandler(grpc.GenericRpcHandler):
-    """Wraps a generic handler so that every method it serves is checked (aio flavour); see
-    :class:`mesh.transport.handlers.GuardedGenericHandler`."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard) -> None:
-        self._inner = inner
-        self._guard = guard
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        return wrap_handler(handler, handler_call_details.method, self._guard)

@@ -125,20 +125,26 @@ def _stream(guard: CallGuard, method: str, chain: VerifiedChain | None,
         leave_call(token)
 
 
+Wrap = Callable[[Handler, str, CallGuard], Handler]
+
+
 class GuardedGenericHandler(grpc.GenericRpcHandler):
-    """Wraps a generic handler so that every method it serves is checked.
+    """Wraps a generic handler so that every method it serves is checked, with ``wrap``
+    (:func:`wrap_handler`, or the aio flavour's).
 
     Generated ``add_XServicer_to_server`` code registers its methods as registered method
     handlers, which the server wraps once; this path serves hand-made generic handlers and
     wraps on each call (no cache: it is not the path that matters for speed).
     """
 
-    def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard,
+                 wrap: Wrap = wrap_handler) -> None:
         self._inner = inner
         self._guard = guard
+        self._wrap = wrap
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        return wrap_handler(handler, handler_call_details.method, self._guard)
+        return self._wrap(handler, handler_call_details.method, self._guard)

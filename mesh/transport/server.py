@@ -35,7 +35,6 @@ from mesh.identity.bundle import BundleSource
 from mesh.identity.svid import SvidSource
 from mesh.policy import Policy
 from mesh.tokens.verify import ChainVerifier
-from mesh.transport.aio_handlers import AioGuardedGenericHandler
 from mesh.transport.aio_handlers import wrap_handler as wrap_aio
 from mesh.transport.audit import AuditLog
 from mesh.transport.credentials import server_credentials
@@ -241,7 +240,8 @@ class AioMeshServer(_GuardedServer):
                  caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
         super().__init__(source, policy, trust, edge=edge, audit=audit,
                          caches=caches, tokenless_methods=tokenless_methods,
-                         wrap_generic=AioGuardedGenericHandler, wrap_method=wrap_aio)
+                         wrap_generic=lambda h, g: GuardedGenericHandler(h, g, wrap_aio),
+                         wrap_method=wrap_aio)
         self._server = grpc.aio.server(
             interceptors=list(interceptors),
             options=server_options(options, max_token_size=self.guard.max_token_size))
