@@ -20,9 +20,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mesh.dpop import DpopClient
     from mesh.errors import CallRefused, MeshError, Reason
     from mesh.identity.spiffeid import SpiffeId, TrustDomain
     from mesh.policy import Policy, Rule, load_policy
+    from mesh.tokens.dpop import DpopSettings
     from mesh.tokens.verify import VerifiedChain
     from mesh.transport.context import User, current_call, require_user
     from mesh.transport.status import error_info
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 # load gRPC servers and channels.
 _EXPORTS = {
     "Workload": "mesh.workload",
+    "DpopClient": "mesh.dpop",
+    "DpopSettings": "mesh.tokens.dpop",
     "Policy": "mesh.policy",
     "Rule": "mesh.policy",
     "load_policy": "mesh.policy",
@@ -49,6 +53,8 @@ _EXPORTS = {
 
 __all__ = [
     "CallRefused",
+    "DpopClient",
+    "DpopSettings",
     "MeshError",
     "Policy",
     "Reason",

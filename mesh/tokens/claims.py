@@ -7,6 +7,7 @@ checked by :mod:`mesh.tokens.verify` on every call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
@@ -20,7 +21,10 @@ APP_ASSERTED: Final = "app-asserted+jwt"
 KINDS: Final = frozenset({USER, APP, APP_ASSERTED})
 KIND_NAMES: Final = {USER: "user token", APP: "app token", APP_ASSERTED: "app-asserted token"}
 CNF_THUMBPRINT: Final = "x5t#S256"
+#: a user token's ``cnf`` member: the RFC 7638 thumbprint of the user's DPoP key (spec 4.7)
+CNF_JKT: Final = "jkt"
 _MAX_SUB_LEN = 1024
+_JKT_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest, no padding
 
 
 class Claims(NamedTuple):
@@ -42,6 +46,8 @@ class Claims(NamedTuple):
     cnf: str | None
     upstream: str | None
     raw: Mapping[str, Any]
+    #: a user token's ``cnf.jkt`` (the DPoP key it is bound to), None if unbound (spec 4.7)
+    jkt: str | None = None
 
 
 def _require(claims: Mapping[str, Any], name: str, kind: str) -> Any:
@@ -140,6 +146,9 @@ def parse_claims(
                 '{"x5t#S256": <certificate thumbprint>} (RFC 8705)'
             )
         cnf = cnf_value[CNF_THUMBPRINT]
+    jkt: str | None = None
+    if typ == USER and "cnf" in claims:
+        jkt = _user_jkt(claims["cnf"])
     if typ == APP_ASSERTED:
         upstream_value = _require(claims, "upstream", typ)
         if not isinstance(upstream_value, str) or not upstream_value:
@@ -156,7 +165,24 @@ def parse_claims(
         )
     if typ == USER:
         _check_user_extras(claims)
-    return Claims(typ, iss, iss_text, sub, aud, iat, exp, nbf, jti, cnf, upstream, claims)
+    return Claims(typ, iss, iss_text, sub, aud, iat, exp, nbf, jti, cnf, upstream, claims, jkt)
+
+
+def is_jkt(value: object) -> bool:
+    """Whether ``value`` has the form of an RFC 7638 SHA-256 thumbprint (43 base64url chars)."""
+    return isinstance(value, str) and _JKT_RE.fullmatch(value) is not None
+
+
+def _user_jkt(cnf: object) -> str:
+    # One shape only (spec 3.3): a reader that took {"jkt": ..., "x5t#S256": ...} as bound to
+    # either key would let two verifiers disagree on who may present the token.
+    if not isinstance(cnf, dict) or set(cnf) != {CNF_JKT} or not is_jkt(cnf[CNF_JKT]):
+        raise ClaimInvalid(
+            "the user token's 'cnf' claim must be exactly {\"jkt\": <RFC 7638 thumbprint of "
+            "the user's DPoP key>} (spec 3.3, 4.7)"
+        )
+    value: str = cnf[CNF_JKT]
+    return value
 
 
 def _check_user_extras(claims: Mapping[str, Any]) -> None:

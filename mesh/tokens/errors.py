@@ -25,11 +25,16 @@ from mesh.identity.errors import (
 __all__ = [
     "AlgorithmNotAllowed", "AudienceMismatch", "BundleError", "CertificateError",
     "CertificateRevoked", "CertificateUntrusted", "ChainBroken", "ChainError", "ClaimInvalid",
-    "ClaimMissing", "ConfirmationMismatch", "ExpiryExtended", "HeaderInvalid",
+    "ClaimMissing", "ConfirmationMismatch", "DpopAlgorithmNotAllowed", "DpopAthMismatch",
+    "DpopClaimInvalid", "DpopError", "DpopIatInvalid", "DpopJwkInvalid", "DpopJwkPrivate",
+    "DpopKeyMismatch", "DpopMalformed", "DpopMethodMismatch", "DpopMissing", "DpopReplayCacheFull",
+    "DpopReplayed", "DpopSignatureInvalid", "DpopTypeInvalid", "DpopUriMismatch",
+    "ExpiryExtended", "HeaderInvalid",
     "IssuerMismatch", "IssuerUntrusted", "KeyUnknown", "PeerMismatch", "SignatureInvalid",
     "SigningError", "SubjectMismatch", "TokenError", "TokenExpired", "TokenFormatError",
     "TokenLifetimeTooLong", "TokenMalformed", "TokenMissing", "TokenNotYetValid",
-    "TokenTimeError", "TokenTooDeep", "TokenTooLarge", "TypeMismatch", "all_reasons",
+    "TokenTimeError", "TokenTooDeep", "TokenTooLarge", "TypeMismatch", "UserTokenUnbound",
+    "all_reasons",
 ]
 
 
@@ -178,6 +183,108 @@ class ExpiryExtended(ChainError):
     """A wrapping token expires after the token it wraps."""
 
     reason = Reason.EXPIRY_EXTENDED
+
+
+# --- sender-constrained user tokens at an edge port: DPoP (spec 4.7, RFC 9449) ---------------
+
+
+class DpopError(TokenError):
+    """A DPoP proof, or the binding between it and the user token, was refused (spec 4.7).
+
+    ``hop`` is 0 when the user token itself is at fault (unbound), else None: a proof is not a
+    layer of the token.
+    """
+
+    reason = Reason.DPOP_MALFORMED
+
+
+class UserTokenUnbound(DpopError):
+    """A user token without ``cnf.jkt`` at an edge port that requires bound tokens."""
+
+    reason = Reason.USER_TOKEN_UNBOUND
+
+
+class DpopMissing(DpopError):
+    """No ``dpop`` proof where one is required."""
+
+    reason = Reason.DPOP_MISSING
+
+
+class DpopMalformed(DpopError):
+    """Not one compact JWS of canonical base64url JSON objects; several proofs; too long."""
+
+    reason = Reason.DPOP_MALFORMED
+
+
+class DpopTypeInvalid(DpopError):
+    reason = Reason.DPOP_TYPE_INVALID
+
+
+class DpopAlgorithmNotAllowed(DpopError):
+    reason = Reason.DPOP_ALG_NOT_ALLOWED
+
+
+class DpopJwkInvalid(DpopError):
+    """The header's ``jwk`` is not exactly a P-256 public key (kty, crv, x, y)."""
+
+    reason = Reason.DPOP_JWK_INVALID
+
+
+class DpopJwkPrivate(DpopError):
+    """The header's ``jwk`` carries private key material."""
+
+    reason = Reason.DPOP_JWK_PRIVATE
+
+
+class DpopSignatureInvalid(DpopError):
+    reason = Reason.DPOP_SIGNATURE_INVALID
+
+
+class DpopClaimInvalid(DpopError):
+    """A required proof claim (``jti``, ``htm``, ``htu``, ``iat``, ``ath``) is absent or of
+    the wrong type."""
+
+    reason = Reason.DPOP_CLAIM_INVALID
+
+
+class DpopMethodMismatch(DpopError):
+    reason = Reason.DPOP_HTM_MISMATCH
+
+
+class DpopUriMismatch(DpopError):
+    """The proof was made for another service or method (``htu``)."""
+
+    reason = Reason.DPOP_HTU_MISMATCH
+
+
+class DpopIatInvalid(DpopError):
+    """The proof was made too long ago, or too far in the future (``iat``)."""
+
+    reason = Reason.DPOP_IAT_INVALID
+
+
+class DpopAthMismatch(DpopError):
+    """The proof was made for another token (``ath``)."""
+
+    reason = Reason.DPOP_ATH_MISMATCH
+
+
+class DpopKeyMismatch(DpopError):
+    """The proof's key is not the key the user token is bound to (``cnf.jkt``)."""
+
+    reason = Reason.DPOP_KEY_MISMATCH
+
+
+class DpopReplayed(DpopError):
+    """This proof (its ``jti`` for its key) was already used within the window."""
+
+    reason = Reason.DPOP_REPLAYED
+
+
+class DpopReplayCacheFull(DpopError):
+    """The replay cache is at its bound: freshness cannot be proven, so the call is refused."""
+
+    reason = Reason.DPOP_REPLAY_CACHE_FULL
 
 
 # --- not verification failures: configuration ---------------------------------------------------

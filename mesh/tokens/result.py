@@ -44,3 +44,15 @@ class VerifiedChain:
     token: str = field(repr=False)
     #: Every layer, the outermost (hop 0, signed by the peer) first.
     hops: tuple[Hop, ...] = field(default=(), repr=False)
+
+    @property
+    def user_jkt(self) -> str | None:
+        """The user token's ``cnf.jkt``: the thumbprint of the DPoP key it is bound to (spec
+        4.7), or None for an unbound user token or a service call. Downstream hops see it too;
+        only an edge port checks a proof against it."""
+        cnf = self.user_claims.get("cnf")
+        if isinstance(cnf, Mapping):
+            jkt = cnf.get("jkt")
+            if isinstance(jkt, str):
+                return jkt
+        return None

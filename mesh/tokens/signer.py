@@ -16,7 +16,16 @@ from mesh.identity.certs import spiffe_id_of, thumbprint
 from mesh.identity.spiffeid import SpiffeId, spiffe_id
 from mesh.identity.svid import SvidSource
 from mesh.tokens import jose
-from mesh.tokens.claims import APP, APP_ASSERTED, CNF_THUMBPRINT, KIND_NAMES, USER, wrap_facts
+from mesh.tokens.claims import (
+    APP,
+    APP_ASSERTED,
+    CNF_JKT,
+    CNF_THUMBPRINT,
+    KIND_NAMES,
+    USER,
+    is_jkt,
+    wrap_facts,
+)
 from mesh.tokens.errors import (
     AudienceMismatch,
     SigningError,
@@ -105,8 +114,16 @@ class TokenSigner:
         scope: str | Sequence[str] | None = None,
         roles: Sequence[str] | None = None,
         ttl: int = DEFAULT_USER_TTL,
+        jkt: str | None = None,
     ) -> str:
-        """A ``user+jwt`` for end user ``sub``, for the edge service(s) ``aud``."""
+        """A ``user+jwt`` for end user ``sub``, for the edge service(s) ``aud``.
+
+        ``jkt``: the RFC 7638 thumbprint of the DPoP key the user proved at login
+        (:meth:`mesh.tokens.dpop.ProofVerifier.check_login`); the token then carries
+        ``cnf: {"jkt": ...}`` and an edge port accepts it only with a proof made with that key
+        (spec 4.7). Without it the token is an unbound bearer token, which edge ports refuse
+        unless configured to accept bearer user tokens.
+        """
         if not isinstance(sub, str) or not sub:
             raise SigningError("a user token needs the user's id as a non-empty string")
         if isinstance(aud, str | SpiffeId):
@@ -125,6 +142,11 @@ class TokenSigner:
             if isinstance(roles, str):
                 raise SigningError("roles must be a list of strings, not one string")
             claims["roles"] = [_text(r, "role") for r in roles]
+        if jkt is not None:
+            if not is_jkt(jkt):
+                raise SigningError("jkt must be an RFC 7638 SHA-256 thumbprint (43 base64url "
+                                   "characters)")
+            claims["cnf"] = {CNF_JKT: jkt}
         return self._key.sign(claims, USER)
 
     def app_token(self, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL) -> str:
@@ -224,9 +246,11 @@ class RotatingSigner:
         scope: str | Sequence[str] | None = None,
         roles: Sequence[str] | None = None,
         ttl: int = DEFAULT_USER_TTL,
+        jkt: str | None = None,
     ) -> str:
         """See :meth:`TokenSigner.user_token`."""
-        return self.current.user_token(sub, aud, name=name, scope=scope, roles=roles, ttl=ttl)
+        return self.current.user_token(sub, aud, name=name, scope=scope, roles=roles, ttl=ttl,
+                                       jkt=jkt)
 
     def app_token(self, aud: SpiffeId | str, ttl: int = DEFAULT_APP_TTL) -> str:
         """See :meth:`TokenSigner.app_token`."""

@@ -30,7 +30,8 @@ class User:
     """The end user of a verified call, from the user token at the bottom of its chain.
 
     ``id`` is the token's ``sub``; ``scopes`` its space-separated ``scope``; ``roles`` its
-    ``roles``; ``claims`` the whole user token, read-only. ``str(user)`` is the id.
+    ``roles``; ``claims`` the whole user token, read-only; ``jkt`` the thumbprint of the DPoP
+    key the token is bound to (``cnf.jkt``, spec 4.7), None if unbound. ``str(user)`` is the id.
     """
 
     id: str
@@ -38,6 +39,7 @@ class User:
     scopes: frozenset[str]
     roles: tuple[str, ...]
     claims: Mapping[str, Any] = field(repr=False)
+    jkt: str | None = None
 
     def __str__(self) -> str:
         return self.id
@@ -72,6 +74,7 @@ def require_user() -> User:
         roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, (list, tuple))
         else (),
         claims=claims,
+        jkt=chain.user_jkt,
     )
 
 

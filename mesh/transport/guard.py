@@ -1,9 +1,14 @@
 """The server-side check of one call, shared by the sync and the aio interceptors.
 
 Order (spec 5.3): the mutual-TLS peer (its certificate, not revoked, one SPIFFE ID of our trust
-domain), then the token chain (:class:`mesh.tokens.verify.ChainVerifier`), then the policy. The
-first failure becomes a :class:`Rejected` holding the gRPC status with an ErrorInfo detail.
-Every decision is written to the audit log, with the time the checks took.
+domain), then the token chain (:class:`mesh.tokens.verify.ChainVerifier`), then, at an edge
+port, the user token's DPoP binding and proof (:class:`mesh.tokens.dpop.ProofVerifier`, spec
+4.7), then the policy. The first failure becomes a :class:`Rejected` holding the gRPC status
+with an ErrorInfo detail. Every decision is written to the audit log, with the time the checks
+took.
+
+The per-call cache may spare a repeated call the token verification, never the proof check: a
+proof is single-use, so every edge call's proof is checked, and recorded, on every call.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import grpc
 
 from mesh.errors import CallRefused
 from mesh.policy import Decision, Policy
+from mesh.tokens.dpop import DpopSettings, ProofVerifier, proof_from_metadata
 from mesh.tokens.errors import (
     CertificateUntrusted,
     TokenMalformed,
@@ -28,6 +34,7 @@ from mesh.tokens.errors import (
 )
 from mesh.tokens.verify import ChainVerifier, Peer, VerifiedChain
 from mesh.transport.audit import AuditLog
+from mesh.transport.errors import ServerConfigError
 from mesh.transport.status import rejection
 
 _log = logging.getLogger(__name__)
@@ -84,14 +91,47 @@ def bearer_token(metadata: Metadata) -> str:
     return token.strip()
 
 
+def edge_authorization(metadata: Metadata) -> tuple[str, str]:
+    """The scheme (``DPoP`` or ``Bearer``, as sent) and token of the one ``authorization``
+    entry at an edge port (spec 3.5, 4.7); raise TokenMissing/Malformed."""
+    found: list[str | bytes] = [v for k, v in metadata if k == "authorization"]
+    if not found:
+        raise TokenMissing("the call carries no 'authorization: DPoP <user token>' metadata "
+                           "(spec 3.5, 4.7); every call to this edge port needs a user token")
+    if len(found) > 1:
+        raise TokenMalformed("the call carries more than one authorization entry; send one")
+    value = found[0]
+    if isinstance(value, bytes):
+        raise TokenMalformed("the authorization metadata must be text, not binary")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() not in ("dpop", "bearer") or not token.strip():
+        raise TokenMalformed("the authorization metadata must read 'DPoP <user token>' "
+                             "(spec 3.5, 4.7)")
+    return scheme, token.strip()
+
+
 class CallGuard:
-    """Checks peer, token chain and policy for one service; thread-safe."""
+    """Checks peer, token chain, DPoP proof (edge ports) and policy for one service;
+    thread-safe.
+
+    ``dpop`` (edge ports only): the :class:`DpopSettings`, or a :class:`ProofVerifier` to
+    share; default: ``DpopSettings()``, bound user tokens only.
+    """
 
     def __init__(self, *, verifier: ChainVerifier, policy: Policy, audit: AuditLog,
                  edge: bool = False, tokenless_methods: Iterable[str] = HEALTH_METHODS,
                  call_cache_size: int = CALL_CACHE_MAX,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 dpop: DpopSettings | ProofVerifier | None = None) -> None:
         self.own_id = verifier.own_id
+        if not edge and dpop is not None:
+            raise ServerConfigError("DPoP proofs are checked at edge ports only (spec 4.7); a "
+                                    "mutual-TLS port binds its callers by their certificates")
+        #: the edge port's proof checker (None on a mutual-TLS port)
+        self.proofs: ProofVerifier | None = (
+            (dpop if isinstance(dpop, ProofVerifier)
+             else ProofVerifier(self.own_id, dpop, clock=clock)) if edge else None
+        )
         self._clock = clock  # a test's fake clock must be the verifier's too
         self._verifier = verifier
         self._bundle = verifier.bundle
@@ -190,9 +230,10 @@ class CallGuard:
         """The chain of a call whose exact token and peer certificate were verified and allowed
         for ``method`` under the current bundle generation, before any expiry; else None.
 
-        The common case on a busy service, with as few objects touched as possible. Anything
-        unusual (no or duplicate authorization, another scheme spelling, no certificate, a
-        miss, a denial) returns None and takes the full path, which says why.
+        The common case on a busy mutual-TLS service, with as few objects touched as
+        possible. Anything unusual (no or duplicate authorization, another scheme spelling, no
+        certificate, a miss, a denial) returns None and takes the full path, which says why.
+        Never used at an edge port: there every call's proof must be checked (spec 4.7).
         """
         value: object = None
         for key, item in metadata:
@@ -202,14 +243,10 @@ class CallGuard:
                 value = item
         if type(value) is not str or not value.startswith("Bearer "):
             return None
-        if self._edge:
-            pem = None
-        else:
-            pems = auth_context.get("x509_pem_cert")
-            if not pems:
-                return None
-            pem = pems[0]
-        hit = calls.get((value[7:], pem))
+        pems = auth_context.get("x509_pem_cert")
+        if not pems:
+            return None
+        hit = calls.get((value[7:], pems[0]))
         if (hit is None or hit.generation != self._bundle.generation
                 or not self._clock() < hit.valid_until):
             return None
@@ -229,11 +266,12 @@ class CallGuard:
         """Verify one call; return its chain (None for tokenless methods) or raise Rejected."""
         start = time.perf_counter_ns()
         calls = self._calls
-        if calls is not None and method not in self._tokenless:
+        if calls is not None and not self._edge and method not in self._tokenless:
             chain = self._remembered(method, metadata, auth_context, calls, start)
             if chain is not None:
                 return chain
         peer: Peer | None = None
+        user: str | None = None  # whose verified token a refused proof came with
         try:
             if not self._edge:
                 peer = self.peer(auth_context)
@@ -246,10 +284,18 @@ class CallGuard:
                                    rule=TOKENLESS_RULE,
                                    verify_us=(time.perf_counter_ns() - start) // 1000)
                 return None
-            token = bearer_token(metadata)
-            verified = self._verify(token, peer)
+            if self.proofs is not None:
+                # Token rules (4.8) first, possibly remembered; then the proof, always.
+                scheme, token = edge_authorization(metadata)
+                verified = self._verify(token, None)
+                user = verified.chain.user
+                self.proofs.check_call(verified.chain, scheme, proof_from_metadata(metadata),
+                                       method)
+            else:
+                token = bearer_token(metadata)
+                verified = self._verify(token, peer)
         except CallRefused as err:
-            self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=None,
+            self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=user,
                                chain=(), allowed=False, reason=err.reason, rule=None,
                                verify_us=(time.perf_counter_ns() - start) // 1000)
             extra = {"hop": str(err.hop)} if err.hop is not None else None

@@ -5,7 +5,8 @@ look like one to generated ``add_XServicer_to_server`` functions. They bind port
 credentials from the SVID source, requiring a client certificate; ``add_insecure_port`` and
 foreign credentials are refused, and ``start()`` refuses a server with no port. An edge server
 (``edge=True``) serves TLS without client certificates and accepts only user tokens
-(spec 4.8); it must be asked for explicitly.
+(spec 4.8) bound to the caller's DPoP key, each call with a fresh proof (spec 4.7; ``dpop=``
+configures it); it must be asked for explicitly.
 
 ``grpc.health.v1.Health`` is served on every mesh server; it needs mutual TLS (the peer is
 checked like any caller's) but no token. ``tokenless_methods=`` names further methods that take
@@ -34,6 +35,7 @@ from grpc_health.v1 import (  # type: ignore[import-untyped]
 from mesh.identity.bundle import BundleSource
 from mesh.identity.svid import SvidSource
 from mesh.policy import Policy
+from mesh.tokens.dpop import DpopSettings, ProofVerifier
 from mesh.tokens.verify import ChainVerifier
 from mesh.transport.aio_handlers import wrap_handler as wrap_aio
 from mesh.transport.audit import AuditLog
@@ -71,13 +73,15 @@ Trust = ChainVerifier | BundleSource
 
 def build_guard(source: SvidSource, policy: Policy, trust: Trust, *, edge: bool = False,
                 audit: AuditLog | None = None, caches: bool = True,
-                tokenless_methods: Iterable[str] = ()) -> CallGuard:
+                tokenless_methods: Iterable[str] = (),
+                dpop: DpopSettings | None = None) -> CallGuard:
     """The per-service checker both server flavours use.
 
     ``trust`` is the :class:`ChainVerifier` to check tokens with, or the bundle source to build
     the default one from (with its caches unless ``caches=False``). Health methods are always
     tokenless; ``tokenless_methods`` adds exact method names that take no token and no policy
-    (see the module docstring).
+    (see the module docstring). ``dpop``: an edge port's DPoP settings (default
+    ``DpopSettings()``: bound user tokens only, spec 4.7); refused on a mutual-TLS port.
     """
     own = source.current().spiffe_id
     if own.trust_domain != policy.trust_domain:
@@ -98,7 +102,7 @@ def build_guard(source: SvidSource, policy: Policy, trust: Trust, *, edge: bool 
         )
     return CallGuard(verifier=verifier, policy=policy, audit=audit or AuditLog(own), edge=edge,
                      tokenless_methods=_tokenless(tokenless_methods),
-                     call_cache_size=CALL_CACHE_MAX if caches else 0)
+                     call_cache_size=CALL_CACHE_MAX if caches else 0, dpop=dpop)
 
 
 class _Ports:
@@ -139,7 +143,7 @@ class _GuardedServer:
 
     def __init__(self, source: SvidSource, policy: Policy, trust: Trust, *,
                  edge: bool, audit: AuditLog | None, caches: bool,
-                 tokenless_methods: Iterable[str],
+                 tokenless_methods: Iterable[str], dpop: DpopSettings | None,
                  wrap_generic: Callable[[grpc.GenericRpcHandler, CallGuard],
                                         grpc.GenericRpcHandler],
                  wrap_method: Callable[[MethodHandler, str, CallGuard], MethodHandler]) -> None:
@@ -150,10 +154,27 @@ class _GuardedServer:
                          "accepted until they expire (spec 4.1); give the bundle source a "
                          "crl_path to check revocation")
         self.guard = build_guard(source, policy, trust, edge=edge, audit=audit, caches=caches,
-                                 tokenless_methods=tokenless_methods)
+                                 tokenless_methods=tokenless_methods, dpop=dpop)
         self._ports = _Ports(source, edge)
         self._wrap_generic = wrap_generic
         self._wrap_method = wrap_method
+
+    @property
+    def dpop(self) -> ProofVerifier | None:
+        """An edge port's DPoP proof checker (None on a mutual-TLS port): a login method that
+        issues bound user tokens checks its caller's proof with it (``check_login``), sharing
+        the port's replay cache."""
+        return self.guard.proofs
+
+    def _starting(self) -> None:
+        self._ports.check_start()
+        proofs = self.guard.proofs
+        if proofs is not None and proofs.settings.accept_bearer:
+            _log.warning(
+                "BEARER USER TOKENS ACCEPTED at the edge port of %s (DpopSettings(accept_bearer="
+                "True)): a user token without a DPoP binding is accepted from anyone who holds "
+                "it, so a service that received it can replay it here until it expires; turn "
+                "this off once every client sends DPoP proofs (spec 4.7)", self.guard.own_id)
 
     # what generated add_XServicer_to_server() calls
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
@@ -185,7 +206,8 @@ class MeshServer(_GuardedServer):
     ``tokenless_methods``: exact method names served without a token or policy, with only the
     transport checks of the port kind (a login taking a password at an edge port). Use it for
     methods that authenticate their caller themselves; every call is audited as
-    ``TOKENLESS_METHOD``.
+    ``TOKENLESS_METHOD``. ``dpop``: an edge port's :class:`DpopSettings` (proof window, replay
+    cache bound, ``accept_bearer`` for migration, which logs a warning at start).
     """
 
     _server: grpc.Server
@@ -194,9 +216,10 @@ class MeshServer(_GuardedServer):
                  edge: bool = False, max_workers: int = 16, options: Options = (),
                  audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.ServerInterceptor] = (),
-                 caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
+                 caches: bool = True, tokenless_methods: Iterable[str] = (),
+                 dpop: DpopSettings | None = None) -> None:
         super().__init__(source, policy, trust, edge=edge, audit=audit,
-                         caches=caches, tokenless_methods=tokenless_methods,
+                         caches=caches, tokenless_methods=tokenless_methods, dpop=dpop,
                          wrap_generic=GuardedGenericHandler, wrap_method=wrap_sync)
         # Handlers are wrapped at registration, not by a server interceptor: the same checks
         # without gRPC's per-call interceptor pipeline. Extra interceptors run first.
@@ -210,7 +233,7 @@ class MeshServer(_GuardedServer):
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
 
     def start(self) -> None:
-        self._ports.check_start()
+        self._starting()
         self._server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -237,9 +260,10 @@ class AioMeshServer(_GuardedServer):
     def __init__(self, source: SvidSource, policy: Policy, trust: Trust, *,
                  edge: bool = False, options: Options = (), audit: AuditLog | None = None,
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-                 caches: bool = True, tokenless_methods: Iterable[str] = ()) -> None:
+                 caches: bool = True, tokenless_methods: Iterable[str] = (),
+                 dpop: DpopSettings | None = None) -> None:
         super().__init__(source, policy, trust, edge=edge, audit=audit,
-                         caches=caches, tokenless_methods=tokenless_methods,
+                         caches=caches, tokenless_methods=tokenless_methods, dpop=dpop,
                          wrap_generic=lambda h, g: GuardedGenericHandler(h, g, wrap_aio),
                          wrap_method=wrap_aio)
         self._server = grpc.aio.server(
@@ -249,7 +273,7 @@ class AioMeshServer(_GuardedServer):
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self)
 
     async def start(self) -> None:
-        self._ports.check_start()
+        self._starting()
         await self._server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ca.authority import CertificateAuthority
 from ca.svid import IssuedSVID
+from mesh.dpop import DpopClient
 from mesh.identity.bundle import FileBundleSource
 from mesh.identity.spiffeid import SpiffeId, TrustDomain
 from mesh.identity.svid import X509SvidFolder
@@ -100,6 +101,7 @@ def seen() -> dict[str, Any]:
         "user": call.user,
         "chain": [s.service_name for s in call.chain],
         "scope": call.user_claims.get("scope"),
+        "jkt": call.user_jkt,
     }
 
 
@@ -450,6 +452,28 @@ class MiniMesh:
         return grpc.secure_channel(
             f"127.0.0.1:{port}", grpc.ssl_channel_credentials(self.ca.roots_path.read_bytes()),
             options=[("grpc.ssl_target_name_override", self.td.service_dns_name(callee))])
+
+    def dns(self, service: str) -> str:
+        """The DNS name a client pins for ``service`` (and a DPoP proof's htu names)."""
+        return self.td.service_dns_name(service)
+
+    def bound_user_token(self, client: DpopClient, aud: str = "gateway", sub: str = "alice",
+                         **kw: Any) -> str:
+        """A user token from auth bound to ``client``'s DPoP key (``cnf.jkt``)."""
+        return self.user_token(aud, sub, jkt=client.jkt, **kw)
+
+    def dpop_channel(self, port: int, callee: str, client: DpopClient, token: str | None = None
+                     ) -> grpc.Channel:
+        """An outside client (server TLS) that adds ``authorization: DPoP <token>`` and a fresh
+        proof made with ``client``'s key to every call: what a user's app sends an edge port."""
+        return client.intercept(self.outside_channel(port, callee), self.dns(callee),
+                                token=token)
+
+    def edge_metadata(self, callee: str, method: str, token: str,
+                      client: DpopClient | None = None) -> tuple[tuple[str, str], ...]:
+        """``authorization: DPoP <token>`` and a fresh proof for one call (a new key's proof if
+        no client is given: the token must then be bound to nothing, or it is refused)."""
+        return (client or DpopClient()).metadata(self.dns(callee), method, token=token)
 
     @contextlib.contextmanager
     def as_user_call(self, service: str, token: str) -> Iterator[None]:

@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh.dpop import DpopClient
 from mesh.policy import Policy, Rule
 from mesh.tokens.signer import TokenSigner
 from mesh.transport.errors import UserRequiredError
@@ -217,17 +218,22 @@ def test_edge_port_accepts_user_tokens_only(mesh: Any) -> None:
     port = mesh.serve("gateway", Policy([Rule(methods=("*",), peers=("*",))]), edge=True)
     _, _, roots = pem_files(mesh, "gateway")
     outside = raw_channel(port, "gateway.svc.mesh.internal", key=None, chain=None, roots=roots)
-    md = (("authorization", "Bearer " + mesh.user_token(sub="alice", aud="gateway")),)
+    client = DpopClient()
+    token = mesh.bound_user_token(client, sub="alice", aud="gateway")
+    md = mesh.edge_metadata("gateway", UNARY, token, client)
     seen = json.loads(outside.unary_unary(UNARY)(b"x", metadata=md, timeout=5))
     assert (seen["user"], seen["peer"], seen["chain"]) == ("alice", None, [])
-    # a service token is rejected at an edge port
+    # a service token is rejected at an edge port, with or without a proof
     inv = mesh.ca.issue("inventory")
     app = TokenSigner(inv.private_key, inv.chain).app_token(mesh.td.service("gateway"))
-    code, reason = fails(lambda: outside.unary_unary(UNARY)(
-        b"x", metadata=(("authorization", "Bearer " + app),), timeout=5))
-    assert code == grpc.StatusCode.UNAUTHENTICATED and reason == "TYPE_MISMATCH"
+    for md in ((("authorization", "Bearer " + app),),
+               mesh.edge_metadata("gateway", UNARY, app, client)):
+        code, reason = fails(lambda md=md: outside.unary_unary(UNARY)(b"x", metadata=md,
+                                                                       timeout=5))
+        assert code == grpc.StatusCode.UNAUTHENTICATED and reason == "TYPE_MISMATCH"
     # a user token for another service is rejected too
-    other = (("authorization", "Bearer " + mesh.user_token(sub="alice", aud="orders")),)
+    other = mesh.edge_metadata(
+        "gateway", UNARY, mesh.bound_user_token(client, sub="alice", aud="orders"), client)
     assert fails(lambda: outside.unary_unary(UNARY)(b"x", metadata=other, timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "AUDIENCE_MISMATCH")
     outside.close()

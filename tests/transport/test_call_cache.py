@@ -16,6 +16,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mesh.dpop import DpopClient
 from mesh.identity.bundle import FileBundleSource
 from mesh.policy import Policy, Rule
 from mesh.tokens.jose import SignKey
@@ -136,9 +137,11 @@ def test_remembered_call_ends_when_a_signing_certificate_expires(mesh: Any, edge
     auth = mesh.ca.issue("auth", ttl=timedelta(seconds=30))
     auth_expiry = auth.certificate.not_valid_after_utc.timestamp()
     t0 = int(now[0])
+    client = DpopClient(clock=clock)
     user = SignKey(auth.private_key, auth.thumbprint).sign({
         "iss": str(mesh.td.service("auth")), "sub": "alice",
         "aud": [str(mesh.td.service("gateway"))], "iat": t0, "exp": t0 + 900, "jti": "j1",
+        "cnf": {"jkt": client.jkt},
     }, "user+jwt")
     if edge:
         own, token, ctx = "gateway", user, {}
@@ -159,17 +162,22 @@ def test_remembered_call_ends_when_a_signing_certificate_expires(mesh: Any, edge
 
     cached, counted = guard(4096)
     uncached, _ = guard(0)
-    metadata = [("authorization", "Bearer " + token)]
+
+    def metadata() -> Any:  # at an edge port, a fresh proof for every call
+        if edge:
+            return client.metadata(mesh.td.service("gateway"), UNARY, token=token)
+        return [("authorization", "Bearer " + token)]
+
     for _ in range(3):  # control; the 2nd and 3rd calls come from the call cache
-        chain = cached.check(UNARY, metadata, ctx)
+        chain = cached.check(UNARY, metadata(), ctx)
         assert chain is not None and chain.user == "alice"
     assert counted.full_checks == 1
     now[0] = auth_expiry + 1
     assert chain.expires_at > now[0]  # by its own exp the chain would still be good
     with pytest.raises(Rejected) as control:  # what a cold guard says at that moment
-        uncached.check(UNARY, metadata, ctx)
+        uncached.check(UNARY, metadata(), ctx)
     assert control.value.reason == "CERT_UNTRUSTED"
     with pytest.raises(Rejected) as info:
-        cached.check(UNARY, metadata, ctx)
+        cached.check(UNARY, metadata(), ctx)
     assert info.value.reason == "CERT_UNTRUSTED"
     assert counted.full_checks == 2  # the full check answered, not the cache

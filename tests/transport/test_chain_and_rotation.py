@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from mesh.dpop import DpopClient
 from mesh.identity.bundle import FileBundleSource
 from mesh.policy import Policy, Rule
 from mesh.transport.status import error_info
@@ -33,13 +34,11 @@ def test_three_service_chain_innermost_sees_user_and_full_chain(mesh: Any) -> No
         "gateway", Policy([Rule(methods=("*",), peers=("*",))]), source=gateway_id, edge=True,
         forward=lambda req: to_orders.unary_unary(UNARY)(req, timeout=5))
 
-    roots = (mesh.folder("gateway") / "svid_bundle.pem").read_bytes()
-    outside = grpc.secure_channel(
-        f"127.0.0.1:{gateway_port}", grpc.ssl_channel_credentials(roots),
-        options=[("grpc.ssl_target_name_override", "gateway.svc.mesh.internal")])
-    token = mesh.user_token(sub="alice", aud="gateway", scope="pay", roles=["buyer"])
-    reply = json.loads(outside.unary_unary(UNARY)(
-        b"x", metadata=(("authorization", "Bearer " + token),), timeout=10))
+    client = DpopClient()
+    token = mesh.bound_user_token(client, sub="alice", aud="gateway", scope="pay",
+                                  roles=["buyer"])
+    outside = mesh.dpop_channel(gateway_port, "gateway", client, token)
+    reply = json.loads(outside.unary_unary(UNARY)(b"x", timeout=10))
     assert (reply["user"], reply["chain"], reply["peer"]) == ("alice", [], None)
     mid = reply["downstream"]
     assert (mid["user"], mid["chain"]) == ("alice", ["gateway"])
@@ -47,13 +46,15 @@ def test_three_service_chain_innermost_sees_user_and_full_chain(mesh: Any) -> No
     assert inner["user"] == "alice" and inner["scope"] == "pay"
     assert inner["chain"] == ["gateway", "orders"]
     assert inner["peer"] == "spiffe://mesh.internal/svc/orders"
+    # the DPoP binding travels inside the chain: every hop sees the key the user holds
+    assert reply["jkt"] == mid["jkt"] == inner["jkt"] == client.jkt
 
     # negative control: the same user without the scope is stopped at payments, and the
     # refusal travels back up as the handler's error
-    weak = mesh.user_token(sub="mallory", aud="gateway", scope="browse")
+    weak = mesh.bound_user_token(client, sub="mallory", aud="gateway", scope="browse")
     with pytest.raises(grpc.RpcError) as exc:
-        outside.unary_unary(UNARY)(b"x", metadata=(("authorization", "Bearer " + weak),),
-                                   timeout=10)
+        mesh.dpop_channel(gateway_port, "gateway", client, weak).unary_unary(UNARY)(
+            b"x", timeout=10)
     assert exc.value.code() == grpc.StatusCode.UNKNOWN  # raised inside gateway's handler
     outside.close()
 

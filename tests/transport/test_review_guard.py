@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mesh.dpop import DpopClient
 from mesh.policy import NO_POLICY_RULE, Policy, Rule
 from mesh.tokens.errors import TokenMalformed, TokenMissing
 from mesh.tokens.verify import ChainVerifier
@@ -73,14 +74,17 @@ def test_edge_guard_refuses_service_tokens(mesh_factory: Any) -> None:
     even one addressed to this service and validly signed."""
     m = mesh_factory()
     guard = _guard(m, "gateway", edge=True)
-    user = m.user_token("gateway")
-    assert guard.check(METHOD, [("authorization", "Bearer " + user)], {}) is not None
+    client = DpopClient()
+    user = m.bound_user_token(client)
+    assert guard.check(METHOD, m.edge_metadata("gateway", METHOD, user, client), {}) is not None
     app = m.signers["orders"].app_token(m.id("gateway"))
     wrapped = m.signers["orders"].app_asserted_token(m.user_token("orders"), m.id("gateway"))
     for token in (app, wrapped):
-        with pytest.raises(Rejected) as info:
-            guard.check(METHOD, [("authorization", "Bearer " + token)], {})
-        assert info.value.reason == "TYPE_MISMATCH"
+        for metadata in ([("authorization", "Bearer " + token)],
+                         m.edge_metadata("gateway", METHOD, token, client)):
+            with pytest.raises(Rejected) as info:
+                guard.check(METHOD, metadata, {})
+            assert info.value.reason == "TYPE_MISMATCH"
 
 
 def test_call_cache_stops_at_signing_certificate_expiry(mesh_factory: Any) -> None:
@@ -89,20 +93,25 @@ def test_call_cache_stops_at_signing_certificate_expiry(mesh_factory: Any) -> No
     TokenSigner caps exp at its certificate's not_after; another issuer might not."""
     m = mesh_factory(auth={"ttl": timedelta(seconds=1)})
     now = int(time.time())
-    token = m.forge_user(m.user_claims(iat=now, exp=now + 900))  # far past auth's certificate
+    client = DpopClient()
+    # far past auth's certificate
+    token = m.forge_user(m.user_claims(iat=now, exp=now + 900, cnf={"jkt": client.jkt}))
     cached = _guard(m, "gateway", edge=True)
     uncached = _guard(m, "gateway", edge=True, caches=False)
-    metadata = [("authorization", "Bearer " + token)]
-    assert cached.check(METHOD, metadata, {}) is not None
-    assert uncached.check(METHOD, metadata, {}) is not None
+
+    def metadata() -> tuple[tuple[str, str], ...]:  # a fresh proof per call: proofs are single-use
+        return m.edge_metadata("gateway", METHOD, token, client)
+
+    assert cached.check(METHOD, metadata(), {}) is not None
+    assert uncached.check(METHOD, metadata(), {}) is not None
     expiry = m.svids["auth"].certificate.not_valid_after_utc.timestamp()
     time.sleep(max(0.0, expiry + 1.1 - time.time()))
     # negative control: without the call cache the very same call is refused for this reason
     with pytest.raises(Rejected) as control:
-        uncached.check(METHOD, metadata, {})
+        uncached.check(METHOD, metadata(), {})
     assert control.value.reason == "CERT_UNTRUSTED"
     with pytest.raises(Rejected) as info:
-        cached.check(METHOD, metadata, {})
+        cached.check(METHOD, metadata(), {})
     assert info.value.reason == "CERT_UNTRUSTED"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from mesh.dpop import DpopClient
 from mesh.policy import Policy
 from mesh.transport.audit import LOGGER_NAME
 from mesh.transport.errors import ServerConfigError
@@ -56,7 +57,9 @@ def test_edge_login_door_takes_no_token_and_opens_nothing_else(
     stream = outside.unary_stream(STREAM)
     assert refusal(lambda: list(stream(b"x", timeout=5)))[:2] == (
         grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
-    md = (("authorization", "Bearer " + mesh.user_token(sub="alice", aud="auth")),)
+    client = DpopClient()
+    md = mesh.edge_metadata("auth", STREAM, mesh.bound_user_token(client, sub="alice", aud="auth"),
+                            client)
     code, reason, meta = refusal(lambda: list(stream(b"x", metadata=md, timeout=5)))
     assert (code, reason, meta["rule"]) == (grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE",
                                             "deny_all")
