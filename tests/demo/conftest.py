@@ -23,6 +23,7 @@ from mesh.demo.services import load_service_policy
 from mesh.demo.services import orders as orders_svc
 from mesh.demo.services import payments as payments_svc
 from mesh.demo.v1 import inventory_pb2_grpc, orders_pb2_grpc, payments_pb2_grpc
+from mesh.dpop import DpopClient
 from mesh.identity.spiffeid import TrustDomain
 from mesh.identity.svid import StaticSvid
 from mesh.tokens.signer import TokenSigner
@@ -41,6 +42,7 @@ class InProcessMesh:
     inventory: Inventory
     payments: Payments
     store: OrdersStore
+    key: DpopClient = field(default_factory=DpopClient)
     ports: dict[str, int] = field(default_factory=dict)
     servers: dict[str, MeshServer] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
@@ -53,7 +55,9 @@ class InProcessMesh:
         return TokenSigner(svid.private_key, svid.chain)
 
     def user_token(self, sub: str, scope: str) -> str:
-        return self.signer("auth").user_token(sub, [self.td.service("gateway")], scope=scope)
+        """A user token bound to :attr:`key`, the DPoP key of the client the tests call with."""
+        return self.signer("auth").user_token(sub, [self.td.service("gateway")], scope=scope,
+                                              jkt=self.key.jkt)
 
     def raw_channel(self, callee: str, as_service: str) -> grpc.Channel:
         """Mutual TLS as ``as_service`` with no token interceptor (tokens passed by hand)."""

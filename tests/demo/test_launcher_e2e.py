@@ -33,6 +33,8 @@ EXPECTED_STEPS = [
     "2c user without the scope",
     "2d expired user token",
     "2e no client certificate",
+    "2f lifted user token replayed",
+    "2g captured proof replayed",
     "3 login while auth is down",
     "3 orders while auth is down",
     "4 orders serves its new cert",
@@ -84,6 +86,10 @@ def test_the_whole_story(tmp_path: Path) -> None:
     assert observed["2c user without the scope"] == "PERMISSION_DENIED SCOPE_MISSING at inventory"
     assert observed["2d expired user token"] == "UNAUTHENTICATED TOKEN_EXPIRED at gateway"
     assert observed["2e no client certificate"] == "UNAVAILABLE"
+    assert observed["2f lifted user token replayed"] == (
+        "UNAUTHENTICATED DPOP_KEY_MISMATCH at gateway")
+    assert observed["2g captured proof replayed"] == "UNAUTHENTICATED DPOP_REPLAYED at gateway"
+    assert "sent as it is, without a proof: UNAUTHENTICATED DPOP_MISSING at gateway" in run.stdout
     assert observed["4 calls during the renewal"].endswith(" succeeded, 0 failed")
 
     # The chain each hop printed comes from the services' audit logs.
@@ -106,8 +112,13 @@ def test_the_whole_story(tmp_path: Path) -> None:
     assert any(line["method"].endswith("/Stock") and line["decision"] == "allow"
                and line["user"] is None and line["peer"] == TD + "reporting"
                for line in inventory)
+    gateway = _audit(state, "gateway")
     assert any(line["decision"] == "deny" and line["reason"] == "TOKEN_EXPIRED"
-               for line in _audit(state, "gateway"))
+               for line in gateway)
+    # the edge refused alice's own token twice: lifted by orders, and with a replayed proof
+    for reason in ("DPOP_MISSING", "DPOP_KEY_MISMATCH", "DPOP_REPLAYED"):
+        assert any(line["decision"] == "deny" and line["reason"] == reason
+                   and line["user"] == "alice" and line["peer"] is None for line in gateway)
     assert not [line for line in _audit(state, "payments") if line["user"] == "bob"]
     assert all(line["decision"] == "allow" for line in _audit(state, "payments"))
     assert not any("eyJ" in line for line in

@@ -27,7 +27,8 @@ def _failure(call) -> client.Failure:  # type: ignore[no-untyped-def]
 
 
 def _gateway(mesh):  # type: ignore[no-untyped-def]
-    return client.edge_channel(mesh.address("gateway"), mesh.roots_pem, "gateway", mesh.td)
+    return client.edge_channel(mesh.address("gateway"), mesh.roots_pem, "gateway", mesh.td,
+                               mesh.key)
 
 
 def test_an_order_is_made_for_the_chain_user(inproc_mesh) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,11 @@ Reads where the mesh listens from ``STATE/endpoints.json`` (written by
     mesh demo call --user alice token | mesh token verify - \\
         --bundle demo-state/ca/bundle.spiffe.json --audience spiffe://mesh.internal/svc/gateway
 
+The client makes a DPoP key for the run (spec 4.7): the login binds the user token to it, and
+every gateway call carries a fresh proof made with it. ``token --proof METHOD`` prints, after the
+token, one proof for METHOD at the gateway (to try ``mesh token verify --dpop``); the key itself
+never leaves the process.
+
 Exit 0 on success, 1 when the mesh refused (status, reason and message printed), 2 on bad
 input or when the demo is not running.
 """
@@ -28,6 +33,7 @@ import grpc
 from mesh.demo.client import stubs as client
 from mesh.demo.client.cli import configure_call
 from mesh.demo.orchestration.stage import USERS
+from mesh.dpop import DpopClient
 from mesh.identity.spiffeid import TrustDomain
 
 
@@ -59,14 +65,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"mesh demo call: {err}", file=sys.stderr)
         return 2
+    key = DpopClient()  # this run's DPoP key: in memory only
     try:
-        with client.edge_channel(auth_addr, roots, "auth", td) as channel:
+        with client.edge_channel(auth_addr, roots, "auth", td, key) as channel:
             login = client.login(channel, args.user, _password(args), timeout=args.timeout)
         if args.action == "token":
             print(login.token)
+            if args.proof:
+                print(key.proof_for(td.service("gateway"), args.proof, token=login.token))
             return 0
         print(f"logged in as {login.subject} (scope \"{login.scope}\")", file=sys.stderr)
-        with client.edge_channel(gateway_addr, roots, "gateway", td) as channel:
+        with client.edge_channel(gateway_addr, roots, "gateway", td, key) as channel:
             if args.action == "order":
                 order = client.place_order(channel, login.token, lines, timeout=args.timeout)
                 print("order " + client.describe_order(order))

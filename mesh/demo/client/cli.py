@@ -24,10 +24,21 @@ def configure_call(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     order.add_argument("lines", nargs="+", metavar="SKU=QTY")
     listing = actions.add_parser("list", help="list the user's orders (newest first)")
     listing.add_argument("--limit", type=int, default=0)
-    actions.add_parser("token", help="log in and print the user token (to pipe into "
-                                     "'mesh token verify -')")
+    token = actions.add_parser("token", help="log in and print the user token (to pipe into "
+                                             "'mesh token verify -')")
+    token.add_argument("--proof", metavar="METHOD", type=_method,
+                       help="also print a DPoP proof for METHOD (/pkg.Service/Method) at the "
+                            "gateway, made with this run's key for that token")
     p.set_defaults(handler=_call)
     return p
+
+
+def _method(text: str) -> str:
+    service, sep, method = text.lstrip("/").partition("/")
+    if not text.startswith("/") or not sep or not service or not method or "/" in method:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a full method name "
+                                         "'/pkg.Service/Method'")
+    return text
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ class UserTokenMinter(Protocol):
         scope: str | None = ...,
         roles: Sequence[str] | None = ...,
         ttl: int = ...,
+        jkt: str | None = ...,
     ) -> str: ...
 
 
@@ -58,8 +59,13 @@ class LoginService:
         self._ttl = ttl
         self._clock = clock
 
-    def login(self, username: str, password: str) -> LoginResult:
-        """A fresh user token, or InvalidCredentials (same cost for unknown users)."""
+    def login(self, username: str, password: str, *, jkt: str | None = None) -> LoginResult:
+        """A fresh user token, or InvalidCredentials (same cost for unknown users).
+
+        ``jkt``: the thumbprint of the DPoP key the client proved with this login; the token
+        is bound to it (``cnf.jkt``) and the edge accepts it only with proofs made with that
+        key (spec 4.7).
+        """
         user = self._users.authenticate(username, password)
         issued = int(self._clock())
         token = self._minter.user_token(
@@ -69,6 +75,7 @@ class LoginService:
             scope=user.scope_string or None,
             roles=list(user.roles) or None,
             ttl=self._ttl,
+            jkt=jkt,
         )
         return LoginResult(
             token=token, subject=user.username, scope=user.scope_string,

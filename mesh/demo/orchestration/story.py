@@ -1,7 +1,9 @@
 """The story the launcher tells, step by step, each with what it expects and what it saw.
 
-1. A user logs in and places orders; every hop's audit line shows the chain it verified.
-2. Attacks, live, each refused for its own reason.
+1. A user logs in (binding her token to her DPoP key) and places orders; every hop's audit
+   line shows the chain it verified.
+2. Attacks, live, each refused for its own reason; among them a user token lifted by a
+   compromised service and replayed at the edge, and a captured DPoP proof replayed.
 3. auth is stopped; the logged-in user keeps ordering (no per-call dependency on auth).
 4. One service's certificate is renewed under traffic; no call fails.
 """
@@ -22,8 +24,18 @@ from cryptography import x509
 
 from mesh.demo.client import stubs as client
 from mesh.demo.orchestration.stage import USERS, Stage
-from mesh.demo.v1 import inventory_pb2, inventory_pb2_grpc, orders_pb2, orders_pb2_grpc
+from mesh.demo.services.gateway import PLACE_ORDER
+from mesh.demo.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
+)
+from mesh.dpop import DpopClient
 from mesh.identity.spiffeid import SpiffeId
+from mesh.tokens.jose import decode_unverified
 from mesh.tokens.signer import TokenSigner
 
 
@@ -90,6 +102,13 @@ class Out:
             self.line(row.detail, 9)
 
 
+def _jkt(token: str) -> str | None:
+    """The DPoP key thumbprint a user token is bound to (read, not verified: for display)."""
+    cnf = (decode_unverified(token).claims or {}).get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) else None
+
+
 def _short(spiffe_id: str | None) -> str:
     if spiffe_id is None:
         return "-"
@@ -139,6 +158,8 @@ class Story:
         self.out = out
         self.report = report
         self.tokens: dict[str, str] = {}
+        # each user's DPoP key, made by her client; her user token is bound to it
+        self.keys: dict[str, DpopClient] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -158,12 +179,14 @@ class Story:
         except Exception as err:  # a broken step must not hide the others
             self.check(step, expected, f"{type(err).__name__}: {err}", False)
 
-    def edge(self, service: str) -> grpc.Channel:
+    def edge(self, service: str, key: DpopClient | None = None) -> grpc.Channel:
+        """An outside client's channel to ``service``'s edge port; with ``key``, each call
+        carries a fresh DPoP proof made with it."""
         endpoint = self.stage.endpoints[service]
         if endpoint.edge is None:
             raise RuntimeError(f"{service} has no edge port")
         return client.edge_channel(endpoint.edge, self.stage.roots_pem(), service,
-                                   self.stage.td)
+                                   self.stage.td, key)
 
     def signer(self, service: str, *, clock: Callable[[], float] = time.time) -> TokenSigner:
         svid = self.stage.svid(service)
@@ -190,22 +213,26 @@ class Story:
         out = self.out
         out.section("1. A user logs in and places orders")
         alice = USERS[0]
+        key = self.keys.setdefault("alice", DpopClient())
         with self.guarded("alice logs in", "a user token for the gateway"):
-            with self.edge("auth") as channel:
+            with self.edge("auth", key) as channel:
                 login = client.login(channel, alice.username, alice.password)
             self.tokens["alice"] = login.token
+            bound = _jkt(login.token)
             self.check("1 alice logs in at auth's edge",
-                       "a user token for the gateway",
+                       "a user token for the gateway, bound to her key",
                        f"user token for {alice.username} (scope \"{login.scope}\", valid "
-                       f"{login.expires_at - int(time.time())} s); auth is not called again",
-                       bool(login.token))
+                       f"{login.expires_at - int(time.time())} s), bound to her DPoP key "
+                       f"(cnf.jkt {bound[:10] if bound else 'missing'}...); auth is not called "
+                       "again",
+                       bool(login.token) and bound == key.jkt)
         if "alice" not in self.tokens:
             return
         token = self.tokens["alice"]
         services = ("gateway", "orders", "inventory", "payments")
         starts = {s: len(self.stage.audit(s)) for s in services}
         with self.guarded("alice places an order", "an order, charged"), self.edge(
-                "gateway") as gw:
+                "gateway", key) as gw:
             order = client.place_order(gw, token, [("coffee-beans", 2)])
             self.check("1 alice places an order",
                        "order stored, stock reserved, user charged",
@@ -231,7 +258,7 @@ class Story:
 
         start = len(self.stage.audit("inventory"))
         with self.guarded("multi-line order", "ReserveMany (client streaming)"), self.edge(
-                "gateway") as gw:
+                "gateway", key) as gw:
             order = client.place_order(gw, token, [("sencha", 1), ("mug", 2)])
             streamed = self._audit_since("inventory", start, "ReserveMany")
             self.check("1 two-line order (client stream)",
@@ -240,7 +267,7 @@ class Story:
                        f"{describe_chain(streamed[-1]) if streamed else 'no line'}",
                        bool(streamed) and streamed[-1].get("decision") == "allow"
                        and len(order.reservation_ids) == 2)
-        with self.guarded("list orders", "server streaming"), self.edge("gateway") as gw:
+        with self.guarded("list orders", "server streaming"), self.edge("gateway", key) as gw:
             orders = client.list_orders(gw, token)
             self.check("1 list orders (server stream)",
                        "her 2 orders, newest first",
@@ -309,11 +336,12 @@ class Story:
         with self.guarded("user without the scope", "refused at inventory"):
             out.line("c) bob (scope orders:read only) places an order", 2)
             bob = USERS[1]
+            bob_key = self.keys.setdefault("bob", DpopClient())
             payments_before = len(stage.audit("payments"))
-            with self.edge("auth") as channel:
+            with self.edge("auth", bob_key) as channel:
                 bob_token = client.login(channel, bob.username, bob.password).token
             self.tokens["bob"] = bob_token
-            with self.edge("gateway") as gw:
+            with self.edge("gateway", bob_key) as gw:
                 self.expect_failure("2c user without the scope",
                                     Expect("PERMISSION_DENIED", "SCOPE_MISSING", "inventory"),
                                     lambda: client.place_order(gw, bob_token, [("mug", 1)]))
@@ -324,10 +352,13 @@ class Story:
         # d) A user token that expired an hour... well, 45 minutes ago: signed by auth's own
         # key, so only its time claims are wrong.
         with self.guarded("expired user token", "refused at the edge"):
-            out.line("d) a user token signed by auth that expired 45 minutes ago", 2)
+            out.line("d) a user token signed by auth that expired 45 minutes ago, bound to "
+                     "alice's key and sent with her fresh proof", 2)
+            alice_key = self.keys["alice"]
             expired = self.signer("auth", clock=lambda: time.time() - 3600).user_token(
-                "alice", [td.service("gateway")], scope="orders:read orders:write", ttl=900)
-            with self.edge("gateway") as gw:
+                "alice", [td.service("gateway")], scope="orders:read orders:write", ttl=900,
+                jkt=alice_key.jkt)
+            with self.edge("gateway", alice_key) as gw:
                 self.expect_failure("2d expired user token",
                                     Expect("UNAUTHENTICATED", "TOKEN_EXPIRED", "gateway"),
                                     lambda: client.place_order(gw, expired, [("mug", 1)]))
@@ -350,6 +381,66 @@ class Story:
                     lambda: stub.CreateOrder(request, timeout=5,
                                              metadata=(("authorization", f"Bearer {token}"),)))
 
+        self._lifted_token(token)
+        self._proof_replayed(token)
+
+    def _lifted_token(self, token: str) -> None:
+        """f) A compromised internal service replays the user token nested in a call it
+        received, at the gateway's edge."""
+        out, td = self.out, self.stage.td
+        with self.guarded("lifted user token replayed at the edge", "refused at the gateway"):
+            out.line("f) orders, compromised, unwraps the token gateway sent it and replays "
+                     "alice's user token at the gateway's edge", 2)
+            received = self.signer("gateway").app_asserted_token(token, td.service("orders"))
+            upstream = (decode_unverified(received).claims or {}).get("upstream")
+            if not isinstance(upstream, str) or upstream != token:
+                raise RuntimeError("the wrapped token does not nest alice's user token")
+            out.line(f"what orders received nests alice's user token ({len(upstream)} B), "
+                     "readable by any service down the chain", 5)
+            line = [("mug", 1)]
+            with self.edge("gateway", self.keys["alice"]) as gw:
+                control = client.place_order(gw, upstream, line)
+            out.line(f"control: the same token with alice's own key is accepted (order "
+                     f"{control.order_id})", 5)
+            with self.edge("gateway") as gw:  # the token alone, no proof
+                bare = self._failure(lambda: client.place_order(gw, upstream, line))
+            out.line(f"sent as it is, without a proof: {bare.summary()}", 5)
+            with self.edge("gateway", DpopClient()) as gw:  # a key orders made itself
+                self.expect_failure(
+                    "2f lifted user token replayed",
+                    Expect("UNAUTHENTICATED", "DPOP_KEY_MISMATCH", "gateway"),
+                    lambda: client.place_order(gw, upstream, line))
+            if bare.reason != "DPOP_MISSING":
+                self.check("2f lifted token without a proof", "UNAUTHENTICATED DPOP_MISSING",
+                           bare.summary(), False)
+
+    def _proof_replayed(self, token: str) -> None:
+        """g) A proof captured from one of alice's calls is sent again with her token."""
+        out, td = self.out, self.stage.td
+        with self.guarded("captured proof replayed", "refused at the gateway"):
+            out.line("g) a proof captured from one of alice's calls, replayed with her token", 2)
+            metadata = self.keys["alice"].metadata(td.service("gateway"), PLACE_ORDER,
+                                                   token=token)
+            request = gateway_pb2.PlaceOrderRequest(
+                lines=[orders_pb2.OrderLine(sku="sencha", quantity=1)])
+            with self.edge("gateway") as gw:  # the exact metadata, sent by hand
+                stub = gateway_pb2_grpc.GatewayServiceStub(gw)  # type: ignore[no-untyped-call]
+                first = stub.PlaceOrder(request, metadata=metadata, timeout=10)
+                out.line(f"control: alice's call with that proof is accepted (order "
+                         f"{first.order_id})", 5)
+                self.expect_failure("2g captured proof replayed",
+                                    Expect("UNAUTHENTICATED", "DPOP_REPLAYED", "gateway"),
+                                    lambda: stub.PlaceOrder(request, metadata=metadata,
+                                                            timeout=10))
+
+    @staticmethod
+    def _failure(call: Callable[[], Any]) -> client.Failure:
+        try:
+            call()
+        except grpc.RpcError as err:
+            return client.failure_of(err)
+        return client.Failure("OK", "-", "the call succeeded")
+
     # -- 3 -------------------------------------------------------------------------------------
 
     def auth_down(self) -> None:
@@ -360,7 +451,8 @@ class Story:
             code = self.stage.stop("auth")
             self.out.line(f"auth stopped (exit code {code})", 2)
             assert auth_edge is not None
-            creds = client.edge_channel(auth_edge, self.stage.roots_pem(), "auth", self.stage.td)
+            creds = client.edge_channel(auth_edge, self.stage.roots_pem(), "auth", self.stage.td,
+                                        self.keys.get("alice"))
             with creds as channel:
                 self.expect_failure("3 login while auth is down", Expect("UNAVAILABLE"),
                                     lambda: client.login(channel, "alice", USERS[0].password,
@@ -369,7 +461,7 @@ class Story:
                 self.check("alice orders with auth down", "3 orders", "no token", False)
                 return
             placed = []
-            with self.edge("gateway") as gw:
+            with self.edge("gateway", self.keys["alice"]) as gw:
                 for sku in ("coffee-beans", "sencha", "mug"):
                     placed.append(client.place_order(gw, token, [(sku, 1)]).order_id)
             self.check("3 orders while auth is down",
@@ -384,7 +476,7 @@ class Story:
         if token is None:
             self.check("renewal under traffic", "traffic keeps flowing", "no token", False)
             return
-        traffic = _Traffic(self, token)
+        traffic = _Traffic(self, token, self.keys["alice"])
         with self.guarded("renewal under traffic", "no failed call"):
             before = self.stage.served_certificate(service)
             traffic.start()
@@ -422,9 +514,10 @@ class Story:
 class _Traffic:
     """Orders placed (and listed) in a loop on a thread until stopped; counts every outcome."""
 
-    def __init__(self, story: Story, token: str) -> None:
+    def __init__(self, story: Story, token: str, key: DpopClient) -> None:
         self._story = story
         self._token = token
+        self._key = key
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ok = 0
@@ -442,7 +535,7 @@ class _Traffic:
     def _run(self) -> None:
         skus = ("coffee-beans", "sencha")
         i = 0
-        with self._story.edge("gateway") as gw:
+        with self._story.edge("gateway", self._key) as gw:
             while not self._stop.is_set():
                 try:
                     if i % 5 == 4:

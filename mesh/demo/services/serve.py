@@ -185,7 +185,8 @@ def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) ->
         # rotation) on which Login alone is tokenless; any other method is refused.
         auth_edge = workload.server(Policy.deny_all(trust_domain=td), edge=True, max_workers=8,
                                     tokenless_methods=[auth_svc.LOGIN])
-        auth_svc.register(auth_edge, auth_svc.make_servicer(own, logins))
+        assert auth_edge.dpop is not None  # an edge server always has one
+        auth_svc.register(auth_edge, auth_svc.make_servicer(own, logins, auth_edge.dpop))
         start(auth_edge, args.edge_listen, "edge")
     elif service == "gateway":
         orders = orders_pb2_grpc.OrdersServiceStub(  # type: ignore[no-untyped-call]
