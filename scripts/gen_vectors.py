@@ -8,9 +8,14 @@ certificates for 10. Every vector is verified at its fixed ``now`` (about a day 
 so vectors stay valid long after they were made; regenerating gives new keys and tokens, not
 the same bytes.
 
-Before a file is written, the vector is run through :class:`mesh.tokens.ChainVerifier` and the
-run stops if the outcome is not the one the vector states, so a case cannot silently test the
-wrong rule.
+Edge-port vectors with a ``method`` are whole edge calls under DPoP (spec 4.7): the token is
+bound to a key (``cnf.jkt``) and ``dpop`` holds the call's proof (absent: the call sent none).
+Proofs are built by hand here (any header, claim or signature), with ``iat`` = ``now`` unless
+the case is about ``iat``.
+
+Before a file is written, the vector is run through :class:`mesh.tokens.ChainVerifier` (and,
+with a ``method``, :class:`mesh.tokens.dpop.ProofVerifier`) and the run stops if the outcome is
+not the one the vector states, so a case cannot silently test the wrong rule.
 
 Usage: ``scripts/gen-vectors [--out spec/vectors]``
 """
@@ -48,6 +53,7 @@ from mesh.identity.bundle import FileBundleSource
 from mesh.identity.certs import load_pem_chain
 from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import ChainVerifier, MaxLifetime, TokenSigner, VerifyLimits
+from mesh.tokens.dpop import ProofVerifier
 
 SERVICES = ("auth", "gateway", "orders", "payments", "inventory", "reporting")
 TD = "mesh.internal"
@@ -97,6 +103,55 @@ def jws(
     else:
         sig = signature
     return f"{signing_input}.{b64(sig)}"
+
+
+# --- DPoP proofs by hand (spec 4.7) ------------------------------------------------------------
+
+PLACE_ORDER = "/mesh.demo.v1.GatewayService/PlaceOrder"
+LIST_ORDERS = "/mesh.demo.v1.GatewayService/ListOrders"
+
+
+def ath(token: str) -> str:
+    return b64(hashlib.sha256(token.encode("ascii")).digest())
+
+
+@dataclass
+class DpopKey:
+    """A client's P-256 key, its public JWK and RFC 7638 thumbprint (computed here by hand)."""
+
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+
+    @property
+    def jwk(self) -> dict[str, str]:
+        x, y = ec_coordinates(self.key.public_key())
+        return {"kty": "EC", "crv": "P-256", "x": x, "y": y}
+
+    @property
+    def jkt(self) -> str:
+        jwk = self.jwk
+        canonical = json.dumps({m: jwk[m] for m in ("crv", "kty", "x", "y")},
+                               separators=(",", ":"))
+        return b64(hashlib.sha256(canonical.encode()).digest())
+
+    def proof(self, url: str, token: str | None, /, *, iat: int,
+              header: dict[str, Any] | None = None,
+              signer: ec.EllipticCurvePrivateKey | None = None,
+              signature: bytes | Callable[[bytes], bytes] | None = None,
+              raw_payload: bytes | None = None, **claims: Any) -> str:
+        """A proof for a POST to ``url`` naming ``token``; claim overrides (``_DROP``: none)."""
+        head = {k: v for k, v in {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk,
+                                  **(header or {})}.items() if v is not _DROP}
+        body: dict[str, Any] = {
+            "jti": b64(hashlib.sha256(repr((url, iat, sorted(claims))).encode()).digest()[:16]),
+            "htm": "POST", "htu": url, "iat": iat,
+        }
+        if token is not None:
+            body["ath"] = ath(token)
+        body.update(claims)
+        payload: dict[str, Any] | bytes = raw_payload if raw_payload is not None else {
+            k: v for k, v in body.items() if v is not _DROP}
+        return jws(head, payload, signer or self.key, signature=signature)
 
 
 # --- a trust domain's material ----------------------------------------------------------------
@@ -200,6 +255,8 @@ class Vector:
     status: str | None = None
     user: str | None = None
     chain: list[str] = field(default_factory=list)
+    method: str | None = None
+    dpop: str | None = None
 
     def document(self, now: int) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -216,6 +273,10 @@ class Vector:
             doc["crl_pem"] = self.crl_pem
         if self.limits is not None:
             doc["limits"] = self.limits
+        if self.method is not None:
+            doc["method"] = self.method
+        if self.dpop is not None:
+            doc["dpop"] = self.dpop
         doc["expect"] = self.expect
         if self.expect == "reject":
             doc["reason"] = self.reason
@@ -259,6 +320,9 @@ def run(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
         peer, *intermediates = load_pem_chain(doc["peer_chain_pem"].encode())
     try:
         result = verifier.verify(doc["token"], peer, peer_intermediates=intermediates)
+        if "method" in doc:
+            ProofVerifier(verifier.own_id, clock=clock).check_call(
+                result, "DPoP", doc.get("dpop"), doc["method"])
     except CallRefused as err:
         return {"expect": "reject", "reason": str(err.reason), "status": err.status.name,
                 "hop": err.hop}
@@ -316,18 +380,35 @@ def build(work: Path) -> tuple[int, list[Vector]]:
                          kw.pop("bundle", bundle), kw.pop("expect", "reject"),
                          crl_pem=kw.pop("crl", crl), **kw))
 
+    alice_key = DpopKey()
+
+    def call(name: str, description: str, audience: str, token: str,  # noqa: PLR0917
+             proof: str | object | None = _DROP, method: str = PLACE_ORDER, **kw: Any) -> None:
+        """An edge call under DPoP: ``token`` with ``proof`` (default: alice's valid proof
+        for ``method`` at ``audience``, made at ``now``; None: no proof)."""
+        if proof is _DROP:
+            proof = alice_key.proof(htu(audience, method), token, iat=now)
+        assert proof is None or isinstance(proof, str)
+        edge(name, description, audience, token, method=method, dpop=proof, **kw)
+
+    def htu(audience: str, method: str = PLACE_ORDER) -> str:
+        return f"https://{audience}.svc.{TD}{method}"
+
     gw, orders = m.id("gateway"), m.id("orders")
     hops5 = ("gateway", "orders", "payments", "inventory", "reporting")
 
     # ---- accept paths -------------------------------------------------------------------
-    edge("accept-edge-user-token",
-         "A user token from auth, presented at gateway's edge port (server TLS only, no "
-         "peer certificate): accepted with no service chain (spec 4, edge port).",
-         "gateway", m.user("gateway", scope="orders:write", roles=["customer"], name="Alice"),
+    call("accept-edge-user-token",
+         "A user token from auth bound to alice's DPoP key (cnf.jkt), presented at gateway's "
+         "edge port (server TLS only, no peer certificate) as 'authorization: DPoP' with a "
+         "fresh proof for PlaceOrder: accepted with no service chain (spec 4.7, 4.8).",
+         "gateway", m.user("gateway", scope="orders:write", roles=["customer"], name="Alice",
+                           jkt=alice_key.jkt),
          expect="accept", user="alice", chain=[])
-    edge("accept-edge-user-token-several-audiences",
-         "A user token whose aud names two edge services is accepted at either (spec 3.3).",
-         "orders", m.user("gateway", "orders", sub="bob"),
+    call("accept-edge-user-token-several-audiences",
+         "A bound user token whose aud names two edge services is accepted at either, with a "
+         "proof whose htu names the service called (spec 3.3, 4.7).",
+         "orders", m.user("gateway", "orders", sub="bob", jkt=alice_key.jkt),
          expect="accept", user="bob", chain=[])
     mtls("accept-app-token",
          "reporting calls inventory as itself with an app token over mutual TLS: a service "
@@ -367,10 +448,12 @@ def build(work: Path) -> tuple[int, list[Vector]]:
          "nbf 30 s after now: within the leeway (spec 4.4).",
          "orders", m.forge("app+jwt", "gateway", "orders", nbf=now + 30), "gateway",
          expect="accept", user=None, chain=[gw])
-    edge("accept-unknown-claims-ignored",
-         "Claims meshid does not define are carried and ignored by the verifier (spec 3.3).",
-         "gateway", m.forge("user+jwt", "auth", ["gateway"], tenant="acme",
-                            ext={"a": [1, 2]}),
+    call("accept-unknown-claims-ignored",
+         "Claims meshid does not define are carried and ignored by the verifier, in the token "
+         "and in the proof (spec 3.3, 4.7).",
+         "gateway", (unknown := m.forge("user+jwt", "auth", ["gateway"], tenant="acme",
+                                        ext={"a": [1, 2]}, cnf={"jkt": alice_key.jkt})),
+         alice_key.proof(htu("gateway"), unknown, iat=now, nonce="n-1", client="cli"),
          expect="accept", user="alice", chain=[])
     edge("reject-user-token-aud-string",
          "A user token whose aud is one string instead of an array: refused, a user token's "
@@ -381,8 +464,8 @@ def build(work: Path) -> tuple[int, list[Vector]]:
          "Six signatures (five wraps) with limits.max_depth = 5 (spec 4.2).",
          "auth", six, "reporting", limits={"max_depth": 5},
          expect="accept", user="alice", chain=[m.id(h) for h in hops5])
-    long_user = m.user("gateway", ttl=7200)
-    edge("accept-lifetime-within-raised-limit",
+    long_user = m.user("gateway", ttl=7200, jkt=alice_key.jkt)
+    call("accept-lifetime-within-raised-limit",
          "A two-hour user token with limits.max_lifetime.user = 7200 (spec 4.4).",
          "gateway", long_user, limits={"max_lifetime": {"user": 7200}},
          expect="accept", user="alice", chain=[])
@@ -839,6 +922,142 @@ def build(work: Path) -> tuple[int, list[Vector]]:
          "one: refused at hop 1, the layer that extends (spec 4.5).", "payments",
          m.forge("app-asserted+jwt", "orders", "payments", upstream=mid_long, exp=now + 30),
          "orders", reason="EXPIRY_EXTENDED", hop=1)
+
+    # ---- DPoP at edge ports (spec 4.7) ----------------------------------------------------
+    bound = m.user("gateway", scope="orders:write", jkt=alice_key.jkt)
+    place = htu("gateway")
+
+    def proof(token: str | None = bound, at: str = place, **kw: Any) -> str:
+        return alice_key.proof(at, token, iat=kw.pop("iat", now), **kw)
+
+    call("accept-dpop-iat-at-the-window-edges",
+         "A proof made 60 s before now, the default window (spec 4.7).",
+         "gateway", bound, proof(iat=now - 60), expect="accept", user="alice", chain=[])
+    call("accept-dpop-list-orders",
+         "A proof for ListOrders on a ListOrders call (a server-streaming method: one proof "
+         "per call) (spec 4.7).", "gateway", bound, proof(at=htu("gateway", LIST_ORDERS)),
+         method=LIST_ORDERS, expect="accept", user="alice", chain=[])
+    call("reject-edge-user-token-unbound",
+         "A valid user token with no cnf at an edge port that requires bound tokens, sent with "
+         "a valid proof: refused, the token names no key (spec 4.7).",
+         "gateway", (unbound := m.user("gateway")), proof(unbound),
+         reason="USER_TOKEN_UNBOUND", hop=0)
+    call("reject-dpop-missing",
+         "A bound user token sent without a proof, as a service that lifted it from a call it "
+         "received would send it (spec 4.7).", "gateway", bound, None, reason="DPOP_MISSING")
+    call("reject-dpop-token-rules-first",
+         "An expired bound token with a valid proof: the token rules (4.8) are checked before "
+         "the proof, so the reason is the token's (spec 4.7).", "gateway",
+         (expired := m.forge("user+jwt", "auth", ["gateway"], iat=now - 900, exp=now - 60,
+                             cnf={"jkt": alice_key.jkt})),
+         proof(expired), reason="TOKEN_EXPIRED", hop=0)
+    for label, bad in (
+            ("two-parts", proof().rsplit(".", 1)[0]),
+            ("padding", proof().split(".")[0] + "=." + ".".join(proof().split(".")[1:])),
+            ("not-json", jws({"typ": "dpop+jwt", "alg": "ES256", "jwk": alice_key.jwk},
+                             b"not json", alice_key.key)),
+            ("duplicate-claim", alice_key.proof(place, bound, iat=now, raw_payload=(
+                b'{"jti":"a","jti":"b","htm":"POST","htu":"' + place.encode()
+                + b'","iat":' + str(now).encode() + b',"ath":"' + ath(bound).encode()
+                + b'"}'))),
+            ("header-extra-member", proof(header={"kid": "k1"})),
+            ("header-no-jwk", proof(header={"jwk": _DROP})),
+            ("too-long", proof(pad="x" * 2048))):
+        call(f"reject-dpop-malformed-{label}",
+             f"A proof that is not one well-formed DPoP JWS ({label.replace('-', ' ')}): "
+             "DPOP_MALFORMED (spec 4.7).", "gateway", bound, bad, reason="DPOP_MALFORMED")
+    for label, typ in (("jwt", "JWT"), ("missing", _DROP), ("uppercase", "DPOP+JWT"),
+                       ("user-token", "user+jwt")):
+        shown = "absent" if typ is _DROP else typ
+        call(f"reject-dpop-typ-{label}",
+             f"A proof whose typ is {shown}, not exactly dpop+jwt (spec 4.7).", "gateway",
+             bound, proof(header={"typ": typ}), reason="DPOP_TYPE_INVALID")
+    call("reject-dpop-alg-none", "A proof with alg none and no signature (spec 4.7).",
+         "gateway", bound, proof(header={"alg": "none"}, signature=b""),
+         reason="DPOP_ALG_NOT_ALLOWED")
+    call("reject-dpop-alg-hs256",
+         "A proof MACed with HS256 under a key it names in its own jwk (kty oct): a symmetric "
+         "algorithm is never accepted (spec 4.7).", "gateway", bound,
+         proof(header={"alg": "HS256", "jwk": {"kty": "oct", "k": b64(b"k" * 32)}},
+               signature=lambda data: hmac.new(b"k" * 32, data, hashlib.sha256).digest()),
+         reason="DPOP_ALG_NOT_ALLOWED")
+    call("reject-dpop-alg-es384", "A proof declaring ES384 (spec 4.7).", "gateway", bound,
+         proof(header={"alg": "ES384"}), reason="DPOP_ALG_NOT_ALLOWED")
+    d = alice_key.key.private_numbers().private_value.to_bytes(32, "big")
+    call("reject-dpop-jwk-private-d",
+         "A proof whose jwk carries the private key (d) as well: a proof names the public key "
+         "only (spec 4.7).", "gateway", bound, proof(header={"jwk": {**alice_key.jwk,
+                                                                      "d": b64(d)}}),
+         reason="DPOP_JWK_PRIVATE")
+    call("reject-dpop-jwk-symmetric-k",
+         "A proof declaring ES256 whose jwk is a symmetric key (kty oct, k) (spec 4.7).",
+         "gateway", bound, proof(header={"jwk": {"kty": "oct", "k": b64(b"k" * 32)}}),
+         reason="DPOP_JWK_PRIVATE")
+    rsa_pub = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    rsa_n = rsa_pub.public_numbers().n
+    off_curve = {**alice_key.jwk, "y": b64((int.from_bytes(
+        base64.urlsafe_b64decode(alice_key.jwk["y"] + "="), "big") ^ 1).to_bytes(32, "big"))}
+    for label, jwk in (
+            ("rsa", {"kty": "RSA", "n": b64(rsa_n.to_bytes(256, "big")), "e": "AQAB"}),
+            ("not-on-the-curve", off_curve),
+            ("extra-member", {**alice_key.jwk, "kid": "k1"}),
+            ("p-384", {**alice_key.jwk, "crv": "P-384"}),
+            ("short-x", {**alice_key.jwk, "x": b64(b"\x01" * 31)}),
+            ("not-an-object", "EC P-256")):
+        call(f"reject-dpop-jwk-{label}",
+             f"A proof whose jwk is not exactly a P-256 public key ({label.replace('-', ' ')}) "
+             "(spec 4.7).", "gateway", bound, proof(header={"jwk": jwk}),
+             reason="DPOP_JWK_INVALID")
+    other_key = DpopKey()
+    signed = proof().split(".")
+    tampered = ".".join((signed[0], proof(jti="replaced").split(".")[1], signed[2]))
+    for label, bad in (
+            ("other-key", proof(signer=other_key.key)),
+            ("der-encoded", proof(signature=lambda data: es256_der(alice_key.key, data))),
+            ("all-zero", proof(signature=bytes(64))),
+            ("tampered-payload", tampered)):
+        call(f"reject-dpop-signature-{label}",
+             f"A proof whose signature does not verify with its own jwk ({label.replace('-', ' ')})"
+             " (spec 3.1, 4.7).", "gateway", bound, bad, reason="DPOP_SIGNATURE_INVALID")
+    for label, kw in (("jti-missing", {"jti": _DROP}), ("jti-number", {"jti": 7}),
+                      ("htu-missing", {"htu": _DROP}), ("iat-string", {"iat": str(now)}),
+                      ("iat-fraction", {"iat": now + 0.5}), ("ath-missing", {"ath": _DROP}),
+                      ("htm-missing", {"htm": _DROP})):
+        call(f"reject-dpop-claim-{label}",
+             f"A proof with a missing or mistyped claim ({label.replace('-', ' ')}) (spec 4.7).",
+             "gateway", bound, proof(**kw), reason="DPOP_CLAIM_INVALID")
+    call("reject-dpop-htm-get", "A proof for GET: every gRPC call is a POST (spec 4.7).",
+         "gateway", bound, proof(htm="GET"), reason="DPOP_HTM_MISMATCH")
+    for label, at in (("other-method", htu("gateway", LIST_ORDERS)),
+                      ("other-service", htu("orders")),
+                      ("with-port", place.replace(".internal/", ".internal:443/")),
+                      ("with-query", place + "?x=1"),
+                      ("http", place.replace("https://", "http://")),
+                      ("ip-address", "https://127.0.0.1" + PLACE_ORDER)):
+        call(f"reject-dpop-htu-{label}",
+             f"A proof for another URI than this call's ({label.replace('-', ' ')}): htu is "
+             "compared exactly with https://<service DNS name>/<full method> (spec 4.7).",
+             "gateway", bound, proof(at=at), reason="DPOP_HTU_MISMATCH")
+    for label, iat in (("61s-old", now - 61), ("61s-in-the-future", now + 61)):
+        call(f"reject-dpop-iat-{label}",
+             f"A proof made {label.replace('-', ' ')}: outside the default 60 s window "
+             "(spec 4.7).", "gateway", bound, proof(iat=iat), reason="DPOP_IAT_INVALID")
+    call("reject-dpop-ath-other-token",
+         "A proof made for another of alice's tokens (ath) (spec 4.7).", "gateway", bound,
+         proof(m.user("gateway", sub="alice", jkt=alice_key.jkt, ttl=600)),
+         reason="DPOP_ATH_MISMATCH")
+    call("reject-dpop-key-mismatch",
+         "alice's user token, lifted from a downstream call, presented with a valid proof made "
+         "with another key (the thief's) (spec 4.7).", "gateway", bound,
+         other_key.proof(place, bound, iat=now), reason="DPOP_KEY_MISMATCH")
+    for label, cnf in (("x5t", {"x5t#S256": m.kid("auth")}),
+                       ("jkt-and-x5t", {"jkt": alice_key.jkt, "x5t#S256": m.kid("auth")}),
+                       ("jkt-not-a-thumbprint", {"jkt": "alice"}),
+                       ("empty", {})):
+        edge(f"reject-user-claim-cnf-{label}",
+             f"A user token whose cnf is not exactly {{\"jkt\": <thumbprint>}} "
+             f"({label.replace('-', ' ')}) (spec 3.3).", "gateway",
+             m.forge("user+jwt", "auth", ["gateway"], cnf=cnf), reason="CLAIM_INVALID", hop=0)
 
     # ---- reserved identities (spec 8.6): the CA service and node agents sign no token ------
     for sid, what in ((str(agent_id(m.ca.trust_domain, "node-1")), "a node agent"),

@@ -2,12 +2,18 @@
 
 ``verify`` runs exactly the service-side verification (spec 4): with ``--peer-cert`` as if
 the token came over mutual TLS from that certificate's owner (whose chain is checked against the
-bundle's anchors and the CRL), without it as an edge port would. It prints the chain as a tree
-from the user to the peer, or which rule failed at which hop (``--json``: one JSON object).
+bundle's anchors and the CRL), without it as an edge port would. At an edge port, ``--method``
+adds the DPoP rule (spec 4.7) for a call to that method: the token must be bound (``cnf.jkt``)
+and ``--dpop`` must be a valid proof for it; without ``--method`` only the token rules are
+checked, and the output says so. It prints the chain as a tree from the user to the peer, or
+which rule failed at which hop (``--json``: one JSON object).
 ``--at`` verifies at a given Unix time instead of now, for the bundle's certificate checks as
 for the token's claims: that is how a conformance vector (``spec/vectors``, spec 10) is replayed.
 Without ``--bundle`` the bundle and CRL come from ``$MESH_CA_DIR``. ``inspect`` decodes without
-verifying anything and says so. Neither ever prints a signature or key material.
+verifying anything and says so; it shows a user token's DPoP binding, decodes a DPoP proof given
+in place of a token, and with ``--dpop`` decodes a proof beside the token and compares the two
+(unverified). Neither ever prints a signature or key material (a proof's key is shown by its
+thumbprint).
 
 Exit codes: 0 verified (or decoded), 1 rejected (or undecodable), 2 usage or configuration error.
 """
@@ -30,7 +36,7 @@ from mesh.errors import CallRefused, InvalidSpiffeIdError, MeshError
 from mesh.identity.bundle import FileBundleSource
 from mesh.identity.certs import load_pem_chain
 from mesh.identity.spiffeid import SpiffeId
-from mesh.tokens import jose
+from mesh.tokens import dpop, jose
 from mesh.tokens.errors import BundleError
 from mesh.tokens.result import Hop, VerifiedChain
 from mesh.tokens.verify import ChainVerifier, MaxLifetime, VerifyLimits
@@ -91,6 +97,15 @@ def register(commands: Any) -> None:
                         metavar="KIND=SECONDS",
                         help="the longest exp - iat accepted for KIND: user (default 3600), app "
                         "or app-asserted (default 600); repeatable")
+    verify.add_argument("--method", type=_method, metavar="/PKG.SERVICE/METHOD",
+                        help="edge port only: check the call to this method in full, DPoP "
+                        "included (spec 4.7): the token must be bound (cnf.jkt) and --dpop a "
+                        "valid proof for it; without --method only the token rules are checked")
+    verify.add_argument("--dpop", metavar="PROOF",
+                        help="the call's DPoP proof (the 'dpop' metadata value); needs --method")
+    verify.add_argument("--dpop-window", type=_positive, metavar="SECONDS",
+                        help=f"how far a proof's iat may lie from now (default "
+                        f"{dpop.DEFAULT_WINDOW})")
     verify.add_argument("--json", action="store_true",
                         help="print one JSON object (result, reason or user and chain)")
     verify.set_defaults(handler=_verify, parser=verify)
@@ -100,7 +115,11 @@ def register(commands: Any) -> None:
         description="Decode a token and every token it wraps, WITHOUT verifying anything. "
         "Signatures and keys are never printed. Exit 0 decoded, 1 not decodable.",
     )
-    inspect.add_argument("token", metavar="TOKEN", help="the token, or - to read it from stdin")
+    inspect.add_argument("token", metavar="TOKEN",
+                         help="the token (or a DPoP proof), or - to read it from stdin")
+    inspect.add_argument("--dpop", metavar="PROOF",
+                         help="also decode this DPoP proof and compare it with the token "
+                         "(key binding, ath), without verifying either")
     inspect.set_defaults(handler=_inspect, parser=inspect)
 
 
@@ -141,6 +160,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _method(text: str) -> str:
+    service, sep, method = text.lstrip("/").partition("/")
+    if not text.startswith("/") or not sep or not service or not method or "/" in method:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a full method name "
+                                         "'/pkg.Service/Method'")
+    return text
+
+
 def _kind_seconds(text: str) -> tuple[str, int]:
     kind, sep, seconds = text.partition("=")
     if not sep or kind not in LIFETIME_KINDS:
@@ -149,12 +176,18 @@ def _kind_seconds(text: str) -> tuple[str, int]:
     return LIFETIME_KINDS[kind], _positive(seconds)
 
 
-def _read_token(value: str) -> str:
+def _read_presented(value: str) -> tuple[str, str | None]:
+    """The token without a ``Bearer `` or ``DPoP `` prefix, and that scheme (None if bare)."""
     text = sys.stdin.read() if value == "-" else value
     text = text.strip()
-    if text[:7].lower() == "bearer ":
-        text = text[7:].strip()
-    return text
+    for prefix in ("bearer ", "dpop "):
+        if text[:len(prefix)].lower() == prefix:
+            return text[len(prefix):].strip(), text[:len(prefix) - 1]
+    return text, None
+
+
+def _read_token(value: str) -> str:
+    return _read_presented(value)[0]
 
 
 def _when(ts: int, now: float) -> str:
@@ -219,6 +252,11 @@ def _verify(args: argparse.Namespace) -> int:
         trusted = tuple(SpiffeId.parse(i) for i in args.trusted_issuer) or None
     except InvalidSpiffeIdError as err:
         return _usage(args, f"not a SPIFFE ID: {err}")
+    if args.dpop is not None and args.method is None:
+        return _usage(args, "--dpop needs --method: a proof is checked for one call")
+    if args.method is not None and args.peer_cert is not None:
+        return _usage(args, "--method checks an edge call (DPoP, spec 4.7); drop --peer-cert")
+    proofs: dpop.ProofVerifier | None = None
     files = _bundle_files(args)
     if isinstance(files, str):
         return _usage(args, files)
@@ -237,15 +275,25 @@ def _verify(args: argparse.Namespace) -> int:
             return _usage(args, f"cannot read {args.peer_cert}: {err.strerror}")
         except MeshError as err:
             return _usage(args, f"{args.peer_cert}: {err}")
-    token = _read_token(args.token)
+    if args.method is not None:
+        if audience.service_name is None:
+            return _usage(args, f"{audience} is not a service: an edge port is a service's")
+        window = dpop.DEFAULT_WINDOW if args.dpop_window is None else args.dpop_window
+        proofs = dpop.ProofVerifier(audience, dpop.DpopSettings(window=window), clock=clock)
+    token, scheme = _read_presented(args.token)
     verifier = ChainVerifier(
         audience, bundle, limits=_limits(args, trusted), cache=None, clock=clock
     )
     mtls = peer_chain != ()
+    proof: dpop.VerifiedProof | None = None
     try:
         result = verifier.verify(
             token, peer_chain[0] if peer_chain else None, peer_intermediates=peer_chain[1:]
         )
+        if proofs is not None:
+            # A token given bare is taken as sent with the DPoP scheme; "Bearer <token>" is
+            # checked as a bearer presentation (refused for a bound token, spec 4.7).
+            proof = proofs.check_call(result, scheme or dpop.SCHEME, args.dpop, args.method)
     except CallRefused as err:
         if args.json:
             _print_json(out, _rejection_json(err, audience, mtls))
@@ -253,9 +301,21 @@ def _verify(args: argparse.Namespace) -> int:
             _print_rejection(out, err, audience, mtls)
         return EXIT_REJECTED
     if args.json:
-        _print_json(out, _chain_json(result, audience, crl_path is not None))
+        doc = _chain_json(result, audience, crl_path is not None)
+        if not mtls:
+            doc["dpop"] = None if proof is None else {
+                "jkt": proof.jkt, "htu": proof.htu, "iat": proof.iat}
+            doc["dpop_checked"] = proofs is not None
+        _print_json(out, doc)
         return EXIT_OK
     _print_chain(out, result, audience, clock())
+    if proof is not None:
+        print(f"  DPoP: proof for {proof.htu} made {_when(proof.iat, clock())} with the key "
+              f"the token is bound to (jkt {proof.jkt})", file=out)
+    elif not mtls and proofs is None:
+        print("  note: no --method given, so only the token rules were checked; an edge port "
+              "also requires a DPoP proof made with the key the token is bound to (spec 4.7)",
+              file=out)
     if crl_path is None:
         print("  note: no --crl given, so revocation was not checked", file=out)
     return EXIT_OK
@@ -297,7 +357,9 @@ def _chain_json(result: VerifiedChain, audience: SpiffeId, crl: bool) -> dict[st
 
 
 def _print_rejection(out: TextIO, err: CallRefused, audience: SpiffeId, mtls: bool) -> None:
-    if err.hop is None:
+    if err.reason.startswith("DPOP_"):
+        where = "the DPoP proof (spec 4.7)"
+    elif err.hop is None:
         where = "the peer's certificate (rule 4.1)" if err.reason.startswith("CERT_") and mtls \
             else "the token as a whole"
     elif err.hop == 0:
@@ -343,6 +405,10 @@ def _inspect(args: argparse.Namespace) -> int:
     token = _read_token(args.token)
     now = time.time()
     print(BANNER, file=out)
+    if _is_proof(token):
+        code = _inspect_proof(out, token, now, None)
+        print(BANNER.splitlines()[0], file=out)
+        return code
     index = 0
     current: str | None = token
     while current is not None:
@@ -367,9 +433,77 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"  signature: {size} (not shown, not checked)", file=out)
         for problem in part.problems:
             print(f"  problem: {problem}", file=out)
+        if index == 0 and part.claims is not None:
+            binding = _binding(part.claims)
+            if binding:
+                print(f"  binding: {binding}", file=out)
         current = upstream if isinstance(upstream, str) else None
         index += 1
+    code = EXIT_OK
+    if args.dpop is not None:
+        code = _inspect_proof(out, _read_token(args.dpop), now, token)
     print(BANNER.splitlines()[0], file=out)
+    return code
+
+
+def _binding(claims: Mapping[str, Any]) -> str:
+    """What the outermost token says about its binding, in words."""
+    cnf = claims.get("cnf")
+    if not isinstance(cnf, dict):
+        return "none (a bearer token)" if claims.get("upstream") is None else ""
+    if "jkt" in cnf:
+        return (f"DPoP key jkt={_safe(cnf['jkt'], 60)}: an edge port accepts it only with a "
+                "fresh proof made with that key (spec 4.7)")
+    if "x5t#S256" in cnf:
+        return f"certificate x5t#S256={_safe(cnf['x5t#S256'], 60)} (spec 3.3)"
+    return ""
+
+
+def _is_proof(text: str) -> bool:
+    try:
+        header = jose.json_object(jose.b64url_decode(text.partition(".")[0], "header"), "header")
+    except CallRefused:
+        return False
+    return header.get("typ") == dpop.DPOP_TYP
+
+
+def _inspect_proof(out: TextIO, proof: str, now: float, token: str | None) -> int:
+    """Decode a DPoP proof for display; compare it with ``token`` (unverified)."""
+    try:
+        parts = proof.split(".")
+        header = jose.json_object(jose.b64url_decode(parts[0], "header"), "header")
+        claims = jose.json_object(jose.b64url_decode(parts[1], "payload"), "payload")
+    except (CallRefused, IndexError) as err:
+        print(f"DPoP proof: cannot decode: {getattr(err, 'reason', 'TOKEN_MALFORMED')}: {err}",
+              file=out)
+        return EXIT_REJECTED
+    print("DPoP proof:", file=out)
+    shown = {k: v for k, v in header.items() if k != "jwk"}
+    print("  header: " + _header_text(shown) + (" jwk=<public key, see jkt>" if "jwk" in header
+                                                 else ""), file=out)
+    problem = None
+    jkt = None
+    try:
+        parsed = dpop.parse_proof(proof)
+        jkt = parsed.jkt
+    except CallRefused as err:
+        problem = f"{err.reason}: {err}"
+    if jkt is not None:
+        print(f"  key: EC P-256, jkt {jkt}", file=out)
+    for line in _claim_lines(claims, now):
+        print("  " + line, file=out)
+    if problem:
+        print(f"  problem: {problem}", file=out)
+    if token is not None:
+        token_claims = jose.decode_unverified(token).claims or {}
+        cnf = token_claims.get("cnf")
+        bound = cnf.get("jkt") if isinstance(cnf, dict) else None
+        key_match = "yes" if jkt is not None and jkt == bound else (
+            "no: the token is not bound to a key" if bound is None else "NO: another key")
+        ath = claims.get("ath")
+        ath_match = "yes" if ath == dpop.ath_of(token) else "NO: made for another token"
+        print(f"  key is the token's cnf.jkt: {key_match}", file=out)
+        print(f"  ath is the token's hash: {ath_match}", file=out)
     return EXIT_OK
 
 

@@ -32,6 +32,7 @@ from mesh.identity.certs import load_pem_chain
 from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import ChainVerifier, MaxLifetime, VerifiedTokenCache, VerifyLimits
 from mesh.tokens import errors as token_errors
+from mesh.tokens.dpop import ProofVerifier
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "spec" / "vectors"
@@ -39,7 +40,10 @@ FILES = sorted(VECTORS.glob("*.json"))
 #: The modules of the verifier: every ``raise X(...)`` in them with X a CallRefused is a reason
 #: code a verifier can produce.
 VERIFIER_SOURCES = ("mesh/tokens/verify.py", "mesh/tokens/jose.py", "mesh/tokens/claims.py",
-                    "mesh/identity/bundle.py")
+                    "mesh/identity/bundle.py", "mesh/tokens/dpop.py")
+#: reasons that need state across calls, which one vector cannot show: tested by the suite
+#: (tests/tokens/test_dpop.py, tests/tokens/test_replay.py) and, for replays, below
+STATEFUL = {"DPOP_REPLAYED", "DPOP_REPLAY_CACHE_FULL"}
 REQUIRED = {"name", "description", "now", "audience", "token", "bundle", "expect"}
 OPTIONAL = {"peer_chain_pem", "crl_pem", "limits", "method", "dpop"}
 ON_REJECT = {"reason", "status", "hop"}
@@ -97,6 +101,10 @@ def _verify(doc: dict[str, Any], folder: Path, *, cached: bool) -> Iterator[dict
     for _ in range(2 if cached else 1):
         try:
             result = verifier.verify(doc["token"], peer, peer_intermediates=intermediates)
+            if "method" in doc:
+                # A new edge port each time: the same proof twice at one port is a replay.
+                ProofVerifier(verifier.own_id, clock=clock).check_call(
+                    result, "DPoP", doc.get("dpop"), doc["method"])
         except CallRefused as err:
             yield {"expect": "reject", "reason": str(err.reason), "status": err.status.name,
                    "hop": err.hop}
@@ -119,6 +127,10 @@ def _cli_args(doc: dict[str, Any], files: dict[str, Path]) -> list[str]:
             args += [flag, str(limits[name])]
     for kind, seconds in limits.get("max_lifetime", {}).items():
         args += ["--max-lifetime", f"{kind}={seconds}"]
+    if "method" in doc:
+        args += ["--method", doc["method"]]
+    if "dpop" in doc:
+        args += ["--dpop", doc["dpop"]]
     return args
 
 
@@ -151,6 +163,11 @@ def test_vector_shape(path: Path) -> None:
     assert isinstance(doc["bundle"]["keys"], list)
     assert doc.get("limits", {}).keys() <= LIMITS
     assert doc.get("limits", {}).get("max_lifetime", {}).keys() <= LIFETIME_KINDS
+    if "dpop" in doc:
+        assert "method" in doc and isinstance(doc["dpop"], str)
+    if "method" in doc:
+        assert "peer_chain_pem" not in doc  # DPoP is for edge ports
+        assert doc["method"].startswith("/") and doc["method"].count("/") == 2
     if doc["expect"] == "reject":
         reason = Reason(doc["reason"])
         assert doc["status"] == reason.status.name
@@ -190,8 +207,33 @@ def test_vector_through_mesh_token_verify(
         assert parts[2] not in text  # no signature is ever printed
 
 
+DPOP_ACCEPTS = sorted(p.stem for p in FILES
+                      if "method" in _load(p) and _load(p)["expect"] == "accept")
+
+
+@pytest.mark.parametrize("name", DPOP_ACCEPTS)
+def test_a_vectors_proof_is_single_use(name: str, tmp_path: Path) -> None:
+    """The same edge call twice at one port: the first is accepted, the second is a replay."""
+    doc = _load(VECTORS / f"{name}.json")
+    files = _files(doc, tmp_path)
+    clock = lambda: float(doc["now"])  # noqa: E731
+    verifier = ChainVerifier(SpiffeId.parse(doc["audience"]),
+                             FileBundleSource(files["bundle"], files.get("crl"), clock=clock),
+                             limits=VerifyLimits(max_lifetime=MaxLifetime(
+                                 **{k.replace("-", "_"): v for k, v in
+                                    doc.get("limits", {}).get("max_lifetime", {}).items()})),
+                             clock=clock)
+    port = ProofVerifier(verifier.own_id, clock=clock)
+    chain = verifier.verify(doc["token"], None)
+    assert port.check_call(chain, "DPoP", doc["dpop"], doc["method"]) is not None
+    with pytest.raises(token_errors.DpopReplayed):
+        port.check_call(verifier.verify(doc["token"], None), "DPoP", doc["dpop"], doc["method"])
+
+
 SUBPROCESS_SAMPLE = (
     "accept-edge-user-token",
+    "reject-dpop-key-mismatch",
+    "reject-dpop-missing",
     "accept-chain-5-signatures",
     "accept-intermediate-ca-peer-leaf-only",
     "accept-lifetime-within-raised-limit",
@@ -278,7 +320,11 @@ def _verifier_reasons() -> set[str]:
 def test_every_reason_the_verifier_raises_has_a_reject_vector() -> None:
     raised = _verifier_reasons()
     # a sanity floor, so a broken source scan cannot pass vacuously
-    assert {"TOKEN_EXPIRED", "CHAIN_BROKEN", "CERT_REVOKED", "TOKEN_MISSING"} <= raised
+    assert {"TOKEN_EXPIRED", "CHAIN_BROKEN", "CERT_REVOKED", "TOKEN_MISSING",
+            "DPOP_KEY_MISMATCH", "USER_TOKEN_UNBOUND"} <= raised
+    assert not raised & STATEFUL  # raised by the replay cache, not by a one-call rule
+    dpop_codes = {r.value for r in Reason if r.value.startswith("DPOP_")} - STATEFUL
+    assert dpop_codes <= raised, "a DPoP reason the proof checker never raises"
     covered = {_load(p)["reason"] for p in FILES if _load(p)["expect"] == "reject"}
     assert raised - covered == set(), "reason codes without a reject vector"
     assert covered - raised == set(), "vectors expecting reasons the verifier never raises"
@@ -301,6 +347,8 @@ def test_every_accept_path_has_a_vector() -> None:
     edge = [d for d in accepted if "peer_chain_pem" not in d]
     mtls = [d for d in accepted if "peer_chain_pem" in d]
     assert any(_signatures(d["token"]) == ["user+jwt"] for d in edge)
+    # every accepted edge call is a whole DPoP call: a bound token and its proof (spec 4.7)
+    assert all("method" in d and "dpop" in d for d in edge)
     assert any(_signatures(d["token"]) == ["app+jwt"] and d["user"] is None for d in mtls)
     depths = {len(_signatures(d["token"])) for d in accepted if d["user"] is not None}
     assert {1, 2, 3, 4, 5, 6} <= depths
