@@ -264,6 +264,20 @@ def parse_proof(proof: object) -> ParsedProof:
                        f"{h64}.{p64}".encode("ascii"), signature, claims)
 
 
+def verify_signature(p: ParsedProof) -> None:
+    """Raise DpopSignatureInvalid unless ``p`` is signed (ES256, r||s) by its own ``jwk``."""
+    sig = p.signature
+    if len(sig) != _SIG_BYTES or not any(sig[:32]) or not any(sig[32:]):
+        raise DpopSignatureInvalid("the DPoP proof's ES256 signature is not a 64-byte (r, s) "
+                                   "pair with non-zero r and s (spec 3.1, 4.7)")
+    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    try:
+        p.public_key.verify(der, p.signing_input, _ECDSA)
+    except InvalidSignature as err:
+        raise DpopSignatureInvalid("the DPoP proof's signature does not verify with the key in "
+                                   "its own jwk header (spec 4.7)") from err
+
+
 # --- the edge port's side ------------------------------------------------------------------
 
 
@@ -334,17 +348,7 @@ class ProofVerifier:
         if token is not None and p.ath is None:
             raise DpopClaimInvalid("the DPoP proof has no 'ath' claim, but the call presents a "
                                    "token: the proof must name it (spec 4.7)")
-        sig = p.signature
-        if len(sig) != _SIG_BYTES or not any(sig[:32]) or not any(sig[32:]):
-            raise DpopSignatureInvalid("the DPoP proof's ES256 signature is not a 64-byte "
-                                       "(r, s) pair with non-zero r and s (spec 3.1, 4.7)")
-        der = encode_dss_signature(int.from_bytes(sig[:32], "big"),
-                                   int.from_bytes(sig[32:], "big"))
-        try:
-            p.public_key.verify(der, p.signing_input, _ECDSA)
-        except InvalidSignature as err:
-            raise DpopSignatureInvalid("the DPoP proof's signature does not verify with the key "
-                                       "in its own jwk header (spec 4.7)") from err
+        verify_signature(p)
         if p.htm != HTM:
             raise DpopMethodMismatch(f"the DPoP proof's htm {_short(p.htm)} is not {HTM!r}, the "
                                      "method of every gRPC call (spec 4.7)")

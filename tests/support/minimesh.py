@@ -70,6 +70,44 @@ def encode_part(part: dict[str, Any] | bytes | str) -> str:
 DROP = object()
 
 
+class ProofForge:
+    """A client's DPoP key and a proof builder that can break any one thing (spec 4.7):
+    header members (``header``, DROP removes one), claims (keywords), the signing key
+    (``signer``) or the signature bytes. ``token`` sets ``ath`` (None: no ath)."""
+
+    def __init__(self, htu: str, *, clock: Callable[[], float] | None = None) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        numbers = self.key.public_key().public_numbers()
+        self.jwk = {"kty": "EC", "crv": "P-256", "x": b64(numbers.x.to_bytes(32, "big")),
+                    "y": b64(numbers.y.to_bytes(32, "big"))}
+        canonical = json.dumps({m: self.jwk[m] for m in ("crv", "kty", "x", "y")},
+                               separators=(",", ":"))
+        self.jkt = b64(hashlib.sha256(canonical.encode()).digest())
+        self.htu = htu
+        self.clock = clock
+
+    def proof(self, *, header: dict[str, Any] | None = None, token: str | None = None,
+              signer: ec.EllipticCurvePrivateKey | None = None,
+              signature: bytes | Callable[[bytes], bytes] | None = None, **claims: Any) -> str:
+        head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk, **(header or {})}
+        now = self.clock() if self.clock is not None else datetime.now(UTC).timestamp()
+        body: dict[str, Any] = {"jti": secrets.token_urlsafe(12), "htm": "POST",
+                                "htu": self.htu, "iat": int(now)}
+        if token is not None:
+            body["ath"] = b64(hashlib.sha256(token.encode("ascii")).digest())
+        body.update(claims)
+        h64 = encode_part({k: v for k, v in head.items() if v is not DROP})
+        p64 = encode_part({k: v for k, v in body.items() if v is not DROP})
+        signing_input = f"{h64}.{p64}".encode()
+        if signature is None:
+            sig = es256(signer or self.key, signing_input)
+        elif callable(signature):
+            sig = signature(signing_input)
+        else:
+            sig = signature
+        return f"{h64}.{p64}.{b64(sig)}"
+
+
 @dataclass
 class Clock:
     """A settable clock shared by the signers and verifiers of one mesh."""
