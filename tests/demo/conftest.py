@@ -42,6 +42,7 @@ class InProcessMesh:
     inventory: Inventory
     payments: Payments
     store: OrdersStore
+    trust: Any = None  # the bundle source the servers verify with
     key: DpopClient = field(default_factory=DpopClient)
     ports: dict[str, int] = field(default_factory=dict)
     servers: dict[str, MeshServer] = field(default_factory=dict)
@@ -74,7 +75,7 @@ def inproc_mesh(mesh: MiniMesh, tmp_path: Path) -> Iterator[InProcessMesh]:
     demo = InProcessMesh(
         td=td, roots_pem=mesh.ca.roots_path.read_bytes(), sources=sources,
         inventory=Inventory(catalog.opening_stock()), payments=Payments(),
-        store=OrdersStore(tmp_path / "orders.sqlite"))
+        store=OrdersStore(tmp_path / "orders.sqlite"), trust=mesh.trust)
 
     def server(name: str, *, edge: bool = False) -> MeshServer:
         return MeshServer(sources[name], load_service_policy(name, td), mesh.trust, edge=edge,

@@ -7,7 +7,12 @@ import grpc
 import pytest
 
 from mesh.demo.client import stubs as client
+from mesh.demo.logic.auth import LoginService
+from mesh.demo.logic.users import UserStore, new_user, write_users_file
+from mesh.demo.services import auth as auth_svc
 from mesh.demo.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     inventory_pb2,
     inventory_pb2_grpc,
     orders_pb2,
@@ -15,7 +20,11 @@ from mesh.demo.v1 import (
     payments_pb2,
     payments_pb2_grpc,
 )
+from mesh.dpop import DpopClient
+from mesh.policy import Policy
 from mesh.tokens.errors import AudienceMismatch
+from mesh.tokens.jose import decode_unverified
+from mesh.transport.server import MeshServer
 
 WRITER = "orders:read orders:write"
 
@@ -175,3 +184,56 @@ def test_an_unreachable_hop_is_named_without_internal_addresses(inproc_mesh) -> 
     assert mesh.store.count() == 0
     # the reservation made before the charge failed was given back
     assert mesh.inventory.stock(["mug"])[0].reserved == 0
+
+
+def test_login_proves_a_key_and_binds_the_token_to_it(inproc_mesh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """auth's Login at its edge port: no proof, a replayed proof or a proof for another method
+    is refused for its DPoP reason before the password is looked at; with a fresh proof the
+    token is bound to the key that made it, and the gateway accepts it only from that key."""
+    mesh = inproc_mesh
+    users = tmp_path / "users.json"
+    write_users_file(users, [new_user("alice", "pw", scope=["orders:read", "orders:write"],
+                                      n=2**10)])
+    td = mesh.td
+    server = MeshServer(mesh.sources["auth"], Policy.deny_all(trust_domain=td),
+                        mesh.trust, edge=True,
+                        tokenless_methods=[auth_svc.LOGIN], max_workers=2)
+    assert server.dpop is not None
+    logins = LoginService(UserStore.load(users), mesh.signer("auth"), [td.service("gateway")])
+    auth_svc.register(server, auth_svc.make_servicer(td.service("auth"), logins, server.dpop))
+    port = server.add_port("127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    key = DpopClient()
+    try:
+        with client.edge_channel(address, mesh.roots_pem, "auth", td) as bare:
+            assert _failure(lambda: client.login(bare, "alice", "pw")).summary() == (
+                "UNAUTHENTICATED DPOP_MISSING at auth")
+            stub_metadata = key.metadata(td.service("auth"), auth_svc.LOGIN)
+            stub = auth_pb2_grpc.AuthServiceStub(bare)  # type: ignore[no-untyped-call]
+            request = auth_pb2.LoginRequest(username="alice", password="pw")
+            stub.Login(request, metadata=stub_metadata, timeout=10)
+            assert _failure(lambda: stub.Login(request, metadata=stub_metadata,
+                                               timeout=10)).summary() == (
+                "UNAUTHENTICATED DPOP_REPLAYED at auth")
+            wrong = key.metadata(td.service("gateway"), auth_svc.LOGIN)
+            assert _failure(lambda: stub.Login(request, metadata=wrong, timeout=10)).reason == (
+                "DPOP_HTU_MISMATCH")
+            # a bad password with a good proof: the password's own refusal
+            assert _failure(lambda: stub.Login(
+                auth_pb2.LoginRequest(username="alice", password="no"),
+                metadata=key.metadata(td.service("auth"), auth_svc.LOGIN),
+                timeout=10)).summary() == "UNAUTHENTICATED INVALID_CREDENTIALS at auth"
+        with client.edge_channel(address, mesh.roots_pem, "auth", td, key) as channel:
+            token = client.login(channel, "alice", "pw").token
+        claims = decode_unverified(token).claims or {}
+        assert claims["cnf"] == {"jkt": key.jkt}
+        with client.edge_channel(mesh.address("gateway"), mesh.roots_pem, "gateway", td,
+                                 key) as gw:
+            assert client.list_orders(gw, token) == []
+        with client.edge_channel(mesh.address("gateway"), mesh.roots_pem, "gateway", td,
+                                 DpopClient()) as thief:
+            assert _failure(lambda: client.list_orders(thief, token)).summary() == (
+                "UNAUTHENTICATED DPOP_KEY_MISMATCH at gateway")
+    finally:
+        server.stop(None).wait()

@@ -148,6 +148,18 @@ def test_revoked_peer_certificate(
          "spiffe://mesh.internal/svc/a", "--trusted-issuer", "https://x"],
         ["token"],
         ["token", "sign"],
+        ["token", "verify", "x", "--bundle", "{bundle}", "--audience",
+         "spiffe://mesh.internal/svc/a", "--dpop", "a.b.c"],
+        ["token", "verify", "x", "--bundle", "{bundle}", "--audience",
+         "spiffe://mesh.internal/svc/a", "--method", "/p.S/M", "--peer-cert", "{bundle}"],
+        ["token", "verify", "x", "--bundle", "{bundle}", "--audience",
+         "spiffe://mesh.internal/svc/a", "--method", "p.S/M"],
+        ["token", "verify", "x", "--bundle", "{bundle}", "--audience",
+         "spiffe://mesh.internal/svc/a", "--method", "/p.S/M/X"],
+        ["token", "verify", "x", "--bundle", "{bundle}", "--audience",
+         "spiffe://mesh.internal/agent/n1", "--method", "/p.S/M"],
+        ["token", "verify", "x", "--bundle", "{bundle}", "--audience",
+         "spiffe://mesh.internal/svc/a", "--method", "/p.S/M", "--dpop-window", "0"],
     ],
 )
 def test_usage_errors_exit_2(
@@ -173,3 +185,98 @@ def test_inspect_names_forbidden_header_members_without_printing_them(
     assert "jwk=<present, not shown>" in out
     assert "SECRETX" not in out
     assert "problem: HEADER_INVALID" in out
+
+
+# --- DPoP (spec 4.7) ---------------------------------------------------------------------------
+
+PLACE = "/mesh.demo.v1.GatewayService/PlaceOrder"
+
+
+def test_verify_an_edge_call_with_its_proof(
+    mesh: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from mesh.dpop import DpopClient
+
+    client = DpopClient()
+    token = mesh.bound_user_token(client)
+    base = ["token", "verify", "--bundle", str(mesh.ca.bundle_path), "--crl",
+            str(mesh.ca.crl_path), "--audience", str(mesh.id("gateway"))]
+    proof = client.proof_for(mesh.id("gateway"), PLACE, token=token)
+    assert main([*base[:2], token, *base[2:], "--method", PLACE, "--dpop", proof]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("VERIFIED for spiffe://mesh.internal/svc/gateway, at an edge port\n")
+    assert (f"DPoP: proof for https://gateway.svc.mesh.internal{PLACE} made " in out
+            and f"with the key the token is bound to (jkt {client.jkt})" in out)
+    assert proof.split(".")[2] not in out and client.jwk["x"] not in out
+    # the same in JSON, with a fresh proof ("DPoP <token>" as sent is accepted as the token)
+    fresh = client.proof_for(mesh.id("gateway"), PLACE, token=token)
+    assert main([*base[:2], f"DPoP {token}", *base[2:], "--method", PLACE, "--dpop", fresh,
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dpop_checked"] is True and doc["dpop"]["jkt"] == client.jkt
+    # without --method only the token rules are checked, and it says so
+    assert main([*base[:2], token, *base[2:]]) == 0
+    assert "only the token rules were checked" in capsys.readouterr().out
+    assert main([*base[:2], token, *base[2:], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dpop_checked"] is False
+
+    def rejected(*extra: str, tok: str = token) -> str:
+        assert main([*base[:2], tok, *base[2:], *extra, "--json"]) == 1
+        return str(json.loads(capsys.readouterr().out)["reason"])
+
+    assert rejected("--method", PLACE) == "DPOP_MISSING"
+    assert rejected("--method", "/mesh.demo.v1.GatewayService/ListOrders", "--dpop",
+                    client.proof_for(mesh.id("gateway"), PLACE, token=token)) == (
+        "DPOP_HTU_MISMATCH")
+    assert rejected("--method", PLACE, "--dpop", DpopClient().proof_for(
+        mesh.id("gateway"), PLACE, token=token)) == "DPOP_KEY_MISMATCH"
+    assert rejected("--method", PLACE, "--dpop", client.proof_for(
+        mesh.id("gateway"), PLACE, token=token), tok=f"Bearer {token}") == "DPOP_MISSING"
+    unbound = mesh.user_token("gateway")
+    assert rejected("--method", PLACE, "--dpop", client.proof_for(
+        mesh.id("gateway"), PLACE, token=unbound), tok=unbound) == "USER_TOKEN_UNBOUND"
+    # the text form names the proof as the failing part
+    assert main([*base[:2], token, *base[2:], "--method", PLACE]) == 1
+    assert capsys.readouterr().out.startswith(
+        "REJECTED at the DPoP proof (spec 4.7): DPOP_MISSING (UNAUTHENTICATED)")
+
+
+def test_inspect_shows_the_binding_and_decodes_a_proof(
+    mesh: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mesh.dpop import DpopClient
+
+    client = DpopClient()
+    token = mesh.bound_user_token(client)
+    assert main(["token", "inspect", token]) == 0
+    out = capsys.readouterr().out
+    assert f"binding: DPoP key jkt={client.jkt}" in out
+    assert main(["token", "inspect", mesh.user_token("gateway")]) == 0
+    assert "binding: none (a bearer token)" in capsys.readouterr().out
+    proof = client.proof_for(mesh.id("gateway"), PLACE, token=token)
+    assert main(["token", "inspect", proof]) == 0
+    out = capsys.readouterr().out
+    assert "DPoP proof:" in out and f"key: EC P-256, jkt {client.jkt}" in out
+    assert f"htu: https://gateway.svc.mesh.internal{PLACE}" in out
+    assert "jwk=<public key, see jkt>" in out
+    assert client.jwk["x"] not in out and proof.split(".")[2] not in out
+    assert out.startswith("UNVERIFIED") and "problem" not in out
+    # beside its token: both match
+    assert main(["token", "inspect", token, "--dpop", proof]) == 0
+    out = capsys.readouterr().out
+    assert "key is the token's cnf.jkt: yes" in out and "ath is the token's hash: yes" in out
+    # a proof by another key, for another token: both said, still exit 0 (nothing verified)
+    other = DpopClient().proof_for(mesh.id("gateway"), PLACE, token="another")
+    assert main(["token", "inspect", token, "--dpop", other]) == 0
+    out = capsys.readouterr().out
+    assert "key is the token's cnf.jkt: NO: another key" in out
+    assert "ath is the token's hash: NO: made for another token" in out
+    # a proof with its private key in the jwk: the problem is named, the key is not printed
+    forged = mesh.forge({"typ": "dpop+jwt", "alg": "ES256",
+                         "jwk": {**client.jwk, "d": "PRIVATEKEYBYTES"}},
+                        {"jti": "j", "htm": "POST", "htu": "h", "iat": 1}, mesh.key("auth"))
+    assert main(["token", "inspect", forged]) == 0
+    out = capsys.readouterr().out
+    assert "problem: DPOP_JWK_PRIVATE" in out and "PRIVATEKEYBYTES" not in out
