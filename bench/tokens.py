@@ -17,6 +17,13 @@ generation) is done before timing: like the TLS handshake, it is paid per connec
 call. Every figure is the median of several rounds. ``--json`` prints the same figures as one
 JSON object on the last line.
 
+The DPoP rows (spec 4.7) time what an edge port adds per call for a bound user token, each call
+with a NEW proof (a fresh verifier per round, so every proof is recorded in its replay cache):
+- ``dpop proof``: :meth:`ProofVerifier.verify` alone (decode, jwk, one ES256 verify, htm, htu,
+  iat, ath, key, replay-cache insert), against one raw ``cryptography`` verify of a proof;
+- ``edge call``: the token check with the token cached (what a client repeating its token gets)
+  plus the proof check, against the same raw verify.
+
 Targets (issue 3): cold <= 1.5x raw, warm <= 1.6x one raw verify, 4 signatures <= 3 KB.
 """
 
@@ -37,7 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ca.authority import CertificateAuthority
+from mesh.dpop import DpopClient
 from mesh.tokens import ChainVerifier, FileBundleSource, TokenSigner, VerifiedTokenCache
+from mesh.tokens.dpop import DpopSettings, ProofVerifier
 from mesh.tokens.jose import b64url_decode
 
 SERVICES = ["auth", "gateway", "orders", "inventory", "payments", "ledger"]
@@ -182,6 +191,57 @@ def measure(mesh: Mesh, depth: int, upstream: str | None, n: int, rounds: int,
     }
 
 
+def measure_dpop(mesh: Mesh, n: int, rounds: int) -> dict[str, Any]:
+    """Per-call cost of the DPoP check at an edge port, against one raw ES256 verify."""
+    client = DpopClient()
+    gateway = mesh.td.service("gateway")
+    method = "/mesh.demo.v1.GatewayService/PlaceOrder"
+    token = mesh.signers["auth"].user_token(
+        "alice@example.com", [gateway], scope="orders:read orders:write", jkt=client.jkt)
+    proofs = [client.proof_for(gateway, method, token=token) for _ in range(n)]
+    raw = raw_verifier(proofs[0], ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), _point(client)))
+    warm = ChainVerifier(gateway, mesh.bundle, cache=VerifiedTokenCache())
+    chain = warm.verify(token, None)  # the token is cached from here on
+
+    def timed(fn: Callable[[str], object]) -> float:
+        t0 = time.perf_counter()
+        for proof in proofs:
+            fn(proof)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    samples: dict[str, list[float]] = {"raw": [], "proof": [], "edge": []}
+    proof_ratios, edge_ratios = [], []
+    for _ in range(rounds):
+        raw_us = timed(lambda _p: raw())
+        port = ProofVerifier(gateway, DpopSettings(max_proofs=n))
+        proof_us = timed(lambda p, port=port: port.verify(p, method, token=token,
+                                                          jkt=client.jkt))
+        port = ProofVerifier(gateway, DpopSettings(max_proofs=n))
+        edge_us = timed(lambda p, port=port: port.check_call(warm.verify(token, None), "DPoP",
+                                                              p, method))
+        samples["raw"].append(raw_us)
+        samples["proof"].append(proof_us)
+        samples["edge"].append(edge_us)
+        proof_ratios.append(proof_us / raw_us)
+        edge_ratios.append(edge_us / raw_us)
+    assert chain.user_jkt == client.jkt
+    return {
+        "proof_bytes": len(proofs[0]),
+        "raw_verify_us": round(statistics.median(samples["raw"]), 1),
+        "dpop_proof_us": round(statistics.median(samples["proof"]), 1),
+        "dpop_proof_ratio": round(statistics.median(proof_ratios), 2),
+        "edge_call_us": round(statistics.median(samples["edge"]), 1),
+        "edge_call_ratio": round(statistics.median(edge_ratios), 2),
+    }
+
+
+def _point(client: DpopClient) -> bytes:
+    x = b64url_decode(client.jwk["x"], "x")
+    y = b64url_decode(client.jwk["y"], "y")
+    return b"\x04" + x + y
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -201,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         for depth in range(1, 6):
             token, row = measure(mesh, depth, token, n, rounds, raw_sign)
             rows.append(row)
+        dpop = measure_dpop(mesh, n, rounds)
 
     size4 = rows[3]["size_bytes"]
     result = {
         "benchmark": "tokens",
         "raw_sign_us": round(raw_sign, 1),
         "rows": rows,
+        "dpop": dpop,
         "targets": {
             "cold_ratio_max": TARGET_COLD,
             "warm_ratio_max": TARGET_WARM,
@@ -226,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['mint_ratio_raw_sign']:>6} {r['raw_verify_chain_us']:>9} {r['cold_us']:>8} "
               f"{r['cold_ratio']:>6} {r['raw_verify_one_us']:>9} {r['warm_us']:>8} "
               f"{r['warm_ratio']:>6}")
+    print(f"DPoP at an edge port (spec 4.7), a new {dpop['proof_bytes']} B proof per call; "
+          f"raw ES256 verify of a proof {dpop['raw_verify_us']} us:")
+    print(f"  proof check   {dpop['dpop_proof_us']:>7} us  {dpop['dpop_proof_ratio']}x raw verify")
+    print(f"  edge call     {dpop['edge_call_us']:>7} us  {dpop['edge_call_ratio']}x raw verify "
+          "(token cached + proof)")
     t = result["targets"]
     print(f"targets: cold <= {TARGET_COLD}x {'met' if t['cold_ok'] else 'MISSED'}; "
           f"warm <= {TARGET_WARM}x {'met' if t['warm_ok'] else 'MISSED'}; "

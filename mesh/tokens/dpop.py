@@ -73,6 +73,8 @@ HEADER_MEMBERS: Final = frozenset({"typ", "alg", "jwk"})
 JWK_MEMBERS: Final = frozenset({"kty", "crv", "x", "y"})
 #: JWK members that carry private key material (RFC 7518 6.2.2, 6.3.2, 6.4.1)
 PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+#: bound of a verifier's memo of accepted proof headers (one per client key); cleared when full
+HEADER_MEMO_MAX = 1024
 _COORDINATE_BYTES = 32
 _SIG_BYTES = 64
 _ECDSA = ec.ECDSA(hashes.SHA256())
@@ -150,6 +152,7 @@ class ParsedProof(NamedTuple):
     signing_input: bytes
     signature: bytes
     claims: Mapping[str, Any]
+    header: str  # as encoded
 
 
 def _decode(part: str, what: str) -> bytes:
@@ -214,19 +217,11 @@ def _claim_str(claims: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def parse_proof(proof: object) -> ParsedProof:
-    """Decode ``proof`` and check its shape, in the order of spec 4.7: encoding, ``typ``,
-    ``alg``, the header's members, the ``jwk``, the claims. Raises a DpopError; nothing here
-    verifies a signature or looks at the clock."""
-    if not isinstance(proof, str) or not proof.isascii():
-        raise DpopMalformed("a DPoP proof must be ASCII text (a JWS compact serialisation)")
-    if len(proof) > MAX_PROOF_SIZE:
-        raise DpopMalformed(f"the DPoP proof is longer than {MAX_PROOF_SIZE} bytes (spec 4.7)")
-    parts = proof.split(".")
-    if len(parts) != 3:
-        raise DpopMalformed(f"a DPoP proof must be three base64url parts separated by '.', this "
-                            f"one has {len(parts)} (spec 4.7)")
-    h64, p64, s64 = parts
+#: what a header that passed every header check yields: the key and its thumbprint
+HeaderKey = tuple[ec.EllipticCurvePublicKey, str]
+
+
+def _check_header(h64: str) -> HeaderKey:
     header = _object(_decode(h64, "header"), "header")
     typ = header.get("typ")
     if typ != DPOP_TYP:
@@ -247,7 +242,29 @@ def parse_proof(proof: object) -> ParsedProof:
             + (f": forbidden member(s) {extra}" if extra else ": jwk is missing")
             + " (spec 4.7)"
         )
-    public_key, jkt = _public_key(header["jwk"])
+    return _public_key(header["jwk"])
+
+
+def parse_proof(proof: object, known: Mapping[str, HeaderKey] | None = None) -> ParsedProof:
+    """Decode ``proof`` and check its shape, in the order of spec 4.7: encoding, ``typ``,
+    ``alg``, the header's members, the ``jwk``, the claims. Raises a DpopError; nothing here
+    verifies a signature or looks at the clock.
+
+    ``known`` maps encoded headers that passed every header check before to what they yield;
+    a header equal to one of them, byte for byte, is not decoded again (a client sends the
+    same header, its key, on every call). Any other header is checked in full.
+    """
+    if not isinstance(proof, str) or not proof.isascii():
+        raise DpopMalformed("a DPoP proof must be ASCII text (a JWS compact serialisation)")
+    if len(proof) > MAX_PROOF_SIZE:
+        raise DpopMalformed(f"the DPoP proof is longer than {MAX_PROOF_SIZE} bytes (spec 4.7)")
+    parts = proof.split(".")
+    if len(parts) != 3:
+        raise DpopMalformed(f"a DPoP proof must be three base64url parts separated by '.', this "
+                            f"one has {len(parts)} (spec 4.7)")
+    h64, p64, s64 = parts
+    found = known.get(h64) if known is not None else None
+    public_key, jkt = found if found is not None else _check_header(h64)
     claims = _object(_decode(p64, "payload"), "payload")
     jti = _claim_str(claims, "jti")
     htm = _claim_str(claims, "htm")
@@ -261,7 +278,7 @@ def parse_proof(proof: object) -> ParsedProof:
         raise DpopClaimInvalid("the DPoP proof's 'ath' claim must be a string (spec 4.7)")
     signature = _decode(s64, "signature")
     return ParsedProof(public_key, jkt, jti, htm, htu, iat, ath,
-                       f"{h64}.{p64}".encode("ascii"), signature, claims)
+                       f"{h64}.{p64}".encode("ascii"), signature, claims, h64)
 
 
 def verify_signature(p: ParsedProof) -> None:
@@ -331,6 +348,11 @@ class ProofVerifier:
         self._clock = clock
         self.replay = replay if replay is not None else ReplayCache(
             self.settings.max_proofs, clock=clock)
+        # Encoded headers of proofs that were accepted -> their key and thumbprint. A header is
+        # a pure function of its bytes (typ, alg, the client's public key), so an exact match
+        # needs no decoding again; only accepted proofs' headers go in (docs/architecture.md,
+        # "Caches").
+        self._headers: dict[str, HeaderKey] = {}
 
     def htu(self, method: str) -> str:
         """The ``htu`` a proof for ``method`` at this service must carry."""
@@ -344,7 +366,7 @@ class ProofVerifier:
         token is bound to. A login presents neither. The proof is recorded as used only if
         every other check passed.
         """
-        p = parse_proof(proof)
+        p = parse_proof(proof, self._headers)
         if token is not None and p.ath is None:
             raise DpopClaimInvalid("the DPoP proof has no 'ath' claim, but the call presents a "
                                    "token: the proof must name it (spec 4.7)")
@@ -375,6 +397,11 @@ class ProofVerifier:
                 "to (cnf.jkt): only the client the token was issued to can use it (spec 4.7)"
             )
         self.replay.use(p.jkt, p.jti, p.iat + window + 1)
+        headers = self._headers
+        if p.header not in headers:
+            if len(headers) >= HEADER_MEMO_MAX:
+                headers.clear()
+            headers[p.header] = (p.public_key, p.jkt)
         return VerifiedProof(p.jkt, p.jti, p.iat, p.htu)
 
     def check_call(self, chain: VerifiedChain, scheme: str, proof: str | None,

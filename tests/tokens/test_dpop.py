@@ -195,6 +195,29 @@ def test_each_rule_broken_alone(case: str, make: Callable[[Hand, Hand], str],
     assert ok.jkt == hand.jkt and ok.htu == HTU
 
 
+def test_the_header_memo_holds_only_headers_of_accepted_proofs() -> None:
+    """A client sends the same encoded header (its key) on every call; the verifier decodes it
+    once. Only an accepted proof's header is remembered, and a header differing in any byte
+    is checked in full."""
+    hand = Hand()
+    verifier, _ = _verifier()
+    assert _reason(lambda: verifier.verify(hand.proof(htm="GET"), METHOD, token=TOKEN)) == (
+        "DPOP_HTM_MISMATCH")
+    assert verifier._headers == {}
+    verifier.verify(hand.proof(), METHOD, token=TOKEN, jkt=hand.jkt)
+    assert [jkt for _, jkt in verifier._headers.values()] == [hand.jkt]
+    # the same key with its private part, or another typ: a new header, refused in full
+    assert _reason(lambda: verifier.verify(hand.proof(header={"jwk": {**hand.jwk, "d": "AA"}}),
+                                           METHOD, token=TOKEN)) == "DPOP_JWK_PRIVATE"
+    assert _reason(lambda: verifier.verify(hand.proof(header={"typ": "jwt"}), METHOD,
+                                           token=TOKEN)) == "DPOP_TYPE_INVALID"
+    # a remembered header signed by another key still fails its signature
+    assert _reason(lambda: verifier.verify(hand.proof(signer=Hand().key), METHOD,
+                                           token=TOKEN)) == "DPOP_SIGNATURE_INVALID"
+    assert len(verifier._headers) == 1
+    verifier.verify(hand.proof(), METHOD, token=TOKEN, jkt=hand.jkt)
+
+
 def test_the_window_edges_are_inclusive() -> None:
     hand = Hand()
     verifier, _ = _verifier(window=60)
