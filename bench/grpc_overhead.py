@@ -15,7 +15,13 @@ Cells:
 - ``mesh_nocache``: the same with every cache off (a new token is signed and every layer's
   signature verified on every call);
 - ``plain_2hop`` / ``mesh_2hop``: client -> orders -> payments, orders' handler calling on
-  (meshid: the user and chain propagate with no handler code).
+  (meshid: the user and chain propagate with no handler code);
+- ``plain_edge`` / ``mesh_edge``: a client outside the mesh calling gateway over server TLS
+  only (no client certificate). meshid: an edge port (spec 4.7, 4.8), the client sending its
+  DPoP-bound user token and a NEW proof per call (``mesh.DpopClient``'s interceptor: one ES256
+  sign), the server checking the token (cached after the first call), the proof (one ES256
+  verify, the replay cache) and the policy. ``mesh_edge`` is also compared with
+  ``plain_edge`` (``ratio_edge``).
 
 The servers run in a child process (as in a deployment, client and server do not share a
 GIL). ``cpu us`` is the CPU time per call of both processes together: it moves less than
@@ -51,6 +57,7 @@ from typing import Any
 import grpc
 
 from ca.authority import CertificateAuthority
+from mesh.dpop import DpopClient
 from mesh.identity.bundle import FileBundleSource
 from mesh.identity.svid import X509SvidFolder
 from mesh.policy import Policy, Rule
@@ -88,16 +95,19 @@ class Mesh:
                                        root / "ca" / "crl.pem")
 
     @staticmethod
-    def create(root: Path) -> str:
-        """Make the CA and identities; return a user token for gateway (scope ``orders``)."""
+    def create(root: Path, jkt: str) -> tuple[str, str]:
+        """Make the CA and identities; return a user token for gateway (scope ``orders``), and
+        the same bound to the DPoP key ``jkt`` (for the edge cells)."""
         ca = CertificateAuthority.init(root / "ca")
         try:
             for name in ("gateway", "orders", "payments"):
                 ca.issue(name).write_to(root / name)
             auth = ca.issue("auth")
             assert auth.private_key is not None
-            return TokenSigner(auth.private_key, auth.chain).user_token(
-                "alice", [ca.trust_domain.service("gateway")], scope="orders", ttl=3600)
+            signer = TokenSigner(auth.private_key, auth.chain)
+            gateway = ca.trust_domain.service("gateway")
+            return (signer.user_token("alice", [gateway], scope="orders", ttl=3600),
+                    signer.user_token("alice", [gateway], scope="orders", ttl=3600, jkt=jkt))
         finally:
             ca.close()
 
@@ -131,6 +141,27 @@ class Mesh:
         creds = grpc.ssl_server_credentials([(key, chain)], root_certificates=roots,
                                             require_client_auth=True)
         return self._server(server, creds)
+
+    def plain_edge_server(self) -> int:
+        key, chain, _ = self.pem("gateway")
+        server = grpc.server(futures.ThreadPoolExecutor(16))
+        server.add_generic_rpc_handlers([handler(None)])
+        return self._server(server, grpc.ssl_server_credentials([(key, chain)]))
+
+    def mesh_edge_server(self) -> int:
+        policy = Policy([Rule(methods=("/bench.v1.Echo/*",), peers=("*",), scopes=("orders",))])
+        server = MeshServer(self.ids["gateway"], policy, self.bundle, max_workers=16, edge=True)
+        server.add_generic_rpc_handlers([handler(None)])
+        return self._server(server, None)
+
+    def edge_channel(self, port: int) -> grpc.Channel:
+        """A client outside the mesh: server TLS, the CA's roots, gateway's name pinned."""
+        _, _, roots = self.pem("gateway")
+        channel = grpc.secure_channel(
+            f"127.0.0.1:{port}", grpc.ssl_channel_credentials(roots),
+            options=[("grpc.ssl_target_name_override", "gateway.svc.mesh.internal")])
+        self.stack.callback(channel.close)
+        return channel
 
     def plain_channel(self, port: int, me: str, callee: str) -> grpc.Channel:
         key, chain, roots = self.pem(me)
@@ -169,6 +200,8 @@ class Mesh:
             True).unary_unary(METHOD)
         ports["mesh_2hop"] = self.mesh_server(
             "orders", (("gateway",),), True, lambda r: mesh_pay(r, timeout=10))
+        ports["plain_edge"] = self.plain_edge_server()
+        ports["mesh_edge"] = self.mesh_edge_server()
         return ports
 
 
@@ -274,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshbench-")))
-        token = Mesh.create(tmp)
+        dpop_key = DpopClient()  # the outside client's key, for the edge cells
+        token, bound = Mesh.create(tmp, dpop_key.jkt)
         m = Mesh(tmp, stack)
         user = m.user_chain(token)
         # Servers in their own process, as in a deployment: client and server do not share a
@@ -302,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         plain_2hop, mesh_2hop = chan("plain_2hop", "orders", False), chan("mesh_2hop", "orders",
                                                                           True)
         carried = (("authorization", "Bearer " + m.as_gateway(token, "orders")),)
+        plain_edge = m.edge_channel(ports["plain_edge"]).unary_unary(METHOD)
+        mesh_edge = dpop_key.intercept(m.edge_channel(ports["mesh_edge"]),
+                                       "gateway.svc.mesh.internal", token=bound
+                                       ).unary_unary(METHOD)
         cells: list[tuple[str, Callable[[], Any], Any]] = [
             ("plain", lambda: plain(b"x", timeout=10), None),
             ("plain_md", lambda: plain(b"x", timeout=10, metadata=carried), None),
@@ -309,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             ("mesh_nocache", lambda: cold(b"x", timeout=10), user),
             ("plain_2hop", lambda: plain_2hop(b"x", timeout=10), None),
             ("mesh_2hop", lambda: mesh_2hop(b"x", timeout=10), user),
+            ("plain_edge", lambda: plain_edge(b"x", timeout=10), None),
+            ("mesh_edge", lambda: mesh_edge(b"x", timeout=10), None),
         ]
         # Interleave the cells in rounds so that load from other processes drifting over the
         # run hits every cell alike; each cell gets ``seconds`` in total.
@@ -322,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
                 cell = merge(runs, parts["plain"])
                 if name == "mesh_2hop":
                     cell["ratio_2hop"] = merge(runs, parts["plain_2hop"])["ratio"]
+                if name == "mesh_edge":
+                    edge = merge(runs, parts["plain_edge"])
+                    cell["ratio_edge"] = edge["ratio"]
+                    cell["cpu_ratio_edge"] = edge["cpu_ratio"]
+                    cell["round_ratios_edge"] = edge["round_ratios"]
                 results.setdefault(name, {})[str(threads)] = cell
 
     print(f"{'cell':<14}{'threads':>8}{'calls/s':>10}{'p50 us':>9}{'p99 us':>9}"
@@ -329,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, per in results.items():
         for count, c in per.items():
             extra = f"  ({c['ratio_2hop']:.2f}x plain_2hop)" if "ratio_2hop" in c else ""
+            if "ratio_edge" in c:
+                spread_edge = (f"{min(c['round_ratios_edge']):.2f}-"
+                               f"{max(c['round_ratios_edge']):.2f}")
+                extra = (f"  ({c['ratio_edge']:.2f}x plain_edge, range {spread_edge}, "
+                         f"cpu {c['cpu_ratio_edge']:.2f}x)")
             spread = f"{min(c['round_ratios']):.2f}-{max(c['round_ratios']):.2f}"
             print(f"{name:<14}{count:>8}{c['calls_per_s']:>10.0f}{c['p50_us']:>9.0f}"
                   f"{c['p99_us']:>9.0f}{c['cpu_us_per_call']:>9.0f}{c['ratio']:>7.2f}x"

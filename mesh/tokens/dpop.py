@@ -404,13 +404,15 @@ class ProofVerifier:
             headers[p.header] = (p.public_key, p.jkt)
         return VerifiedProof(p.jkt, p.jti, p.iat, p.htu)
 
-    def check_call(self, chain: VerifiedChain, scheme: str, proof: str | None,
+    def check_call(self, chain: VerifiedChain, scheme: str, proof: str | Metadata | None,
                    method: str) -> VerifiedProof | None:
         """Rule 4.7 for one edge call whose user token (``chain``) passed rule 4.8.
 
         ``scheme``: the authorization scheme the token came with (``DPoP`` or ``Bearer``, any
-        case); ``proof``: the ``dpop`` entry, or None. Returns the verified proof, or None for
-        an unbound token accepted as a bearer token (``accept_bearer``).
+        case); ``proof``: the ``dpop`` entry's text, None if there was none, or the call's
+        whole metadata (the entry is then looked for once the token's binding is settled, so
+        the reasons come in the order of spec 4.7). Returns the verified proof, or None for an
+        unbound token accepted as a bearer token (``accept_bearer``).
         """
         jkt = chain.user_jkt
         dpop_scheme = scheme.lower() == SCHEME.lower()
@@ -427,6 +429,8 @@ class ProofVerifier:
             raise DpopMissing("the user token is bound to a DPoP key (cnf.jkt), so it must be "
                               "sent as 'authorization: DPoP <token>' with a 'dpop' proof, "
                               "never as a bearer token (spec 4.7)")
+        if proof is not None and not isinstance(proof, str):
+            proof = proof_from_metadata(proof)
         if proof is None:
             raise DpopMissing("the call carries no 'dpop' proof: a DPoP-bound user token is "
                               "accepted only with a fresh proof made with its key (spec 4.7)")

@@ -26,7 +26,7 @@ import grpc
 
 from mesh.errors import CallRefused
 from mesh.policy import Decision, Policy
-from mesh.tokens.dpop import DpopSettings, ProofVerifier, proof_from_metadata
+from mesh.tokens.dpop import DpopSettings, ProofVerifier
 from mesh.tokens.errors import (
     CertificateUntrusted,
     TokenMalformed,
@@ -289,8 +289,7 @@ class CallGuard:
                 scheme, token = edge_authorization(metadata)
                 verified = self._verify(token, None)
                 user = verified.chain.user
-                self.proofs.check_call(verified.chain, scheme, proof_from_metadata(metadata),
-                                       method)
+                self.proofs.check_call(verified.chain, scheme, metadata, method)
             else:
                 token = bearer_token(metadata)
                 verified = self._verify(token, peer)

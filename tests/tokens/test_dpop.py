@@ -314,6 +314,14 @@ def test_check_call_binding_rules(shared_mesh: MiniMesh) -> None:
         with pytest.raises(E.UserTokenUnbound) as info:
             port.check_call(unbound, "DPoP", proof(unbound_token), METHOD)
         assert info.value.hop == 0
+    # given the call's metadata, the binding is settled before the proof entries are read
+    two = [("dpop", "a.b.c"), ("dpop", "d.e.f")]
+    assert _reason(lambda: strict.check_call(unbound, "DPoP", two, METHOD)) == (
+        "USER_TOKEN_UNBOUND")
+    assert _reason(lambda: strict.check_call(bound, "DPoP", two, METHOD)) == "DPOP_MALFORMED"
+    assert _reason(lambda: strict.check_call(bound, "DPoP", [("x", "1")], METHOD)) == (
+        "DPOP_MISSING")
+    assert strict.check_call(bound, "DPoP", [("dpop", proof(bound_token))], METHOD)
     # an unbound bearer token: refused by default, accepted when migrating
     assert _reason(lambda: strict.check_call(unbound, "Bearer", None, METHOD)) == (
         "USER_TOKEN_UNBOUND")
