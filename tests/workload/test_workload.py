@@ -46,7 +46,7 @@ def test_a_workload_from_a_folder_serves_and_calls(mesh: Any) -> None:
             with gateway.channel("orders", f"127.0.0.1:{port}") as channel:
                 seen = decode(channel.unary_unary(UNARY)(b"x", timeout=10))
             assert seen == {"peer": str(mesh.id("gateway")), "kind": "service", "user": None,
-                            "chain": ["gateway"], "scope": None}
+                            "chain": ["gateway"], "scope": None, "jkt": None}
         finally:
             server.stop(None)
     finally:
