@@ -386,3 +386,61 @@ def test_a_mutual_tls_port_takes_no_user_token_with_a_proof(mesh: MiniMesh) -> N
         assert _refused(lambda md=md: channel.unary_unary(UNARY)(
             b"x", metadata=md, timeout=10))[1] == expected
     channel.close()
+
+
+# --- authentication, the proof included, before parsing -----------------------------------------
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
+def test_the_proof_is_checked_before_the_request_is_parsed(mesh: MiniMesh, aio: bool) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from mesh.transport.server import AioMeshServer
+
+    parsed: list[bytes] = []
+
+    def parse(raw: bytes) -> Any:
+        parsed.append(raw)
+        return health_pb2.HealthCheckRequest.FromString(raw)
+
+    if aio:
+        async def unary(request: Any, context: Any) -> bytes:
+            return request.service.encode()
+    else:
+        def unary(request: Any, context: Any) -> bytes:
+            return request.service.encode()
+    handlers = grpc.method_handlers_generic_handler(
+        "test.v1.Typed", {"Unary": grpc.unary_unary_rpc_method_handler(unary, parse)})
+    method = "/test.v1.Typed/Unary"
+    source = mesh.identity("gateway")
+    if aio:
+        async def start() -> int:
+            server = AioMeshServer(source, allow_all(), mesh.trust, edge=True)
+            server.add_generic_rpc_handlers([handlers])
+            p = server.add_port("127.0.0.1:0")
+            await server.start()
+            mesh._aio_servers.append(server)
+            return p
+        port: int = mesh.aio.run(start())
+    else:
+        server = MeshServer(source, allow_all(), mesh.trust, edge=True)
+        server.add_generic_rpc_handlers([handlers])
+        port = server.add_port("127.0.0.1:0")
+        server.start()
+        mesh._servers.append(server)
+    client = DpopClient()
+    token = mesh.bound_user_token(client)
+    call = mesh.outside_channel(port, "gateway").unary_unary(method)
+    garbage = b"\xff\xff\xff\xff\x0f not protobuf"
+    good = client.metadata(mesh.id("gateway"), method, token=token)
+    for md, reason in (((("authorization", f"DPoP {token}"),), "DPOP_MISSING"),
+                       (DpopClient().metadata(mesh.id("gateway"), method, token=token),
+                        "DPOP_KEY_MISMATCH")):
+        assert _refused(lambda md=md: call(garbage, metadata=md, timeout=10))[1] == reason
+    assert parsed == []
+    # control: the same bytes with a valid proof reach the parser, and are refused there
+    assert _refused(lambda: call(garbage, metadata=good, timeout=10))[:2] == (
+        grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID")
+    assert parsed == [garbage]
+    assert _refused(lambda: call(garbage, metadata=good, timeout=10))[1] == "DPOP_REPLAYED"
+    assert parsed == [garbage]
