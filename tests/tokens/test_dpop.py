@@ -39,6 +39,7 @@ from mesh.tokens.dpop import (
 )
 from mesh.tokens.errors import ClaimInvalid, SigningError
 from mesh.tokens.verify import ChainVerifier
+from mesh.transport.context import enter_call, leave_call, require_user
 
 NOW = 1_800_000_000
 METHOD = "/mesh.demo.v1.GatewayService/PlaceOrder"
@@ -295,6 +296,12 @@ def test_check_call_binding_rules(shared_mesh: MiniMesh) -> None:
     unbound_token = m.user_token()
     unbound = verifier.verify(unbound_token, None)
     assert (bound.user_jkt, unbound.user_jkt) == (hand.jkt, None)
+    for chain, jkt in ((bound, hand.jkt), (unbound, None)):
+        handle = enter_call(chain)
+        try:
+            assert require_user().jkt == jkt
+        finally:
+            leave_call(handle)
     strict = ProofVerifier(m.id("gateway"))
     migrating = ProofVerifier(m.id("gateway"), DpopSettings(accept_bearer=True))
 
