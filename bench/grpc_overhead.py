@@ -21,7 +21,8 @@ Cells:
   DPoP-bound user token and a NEW proof per call (``mesh.DpopClient``'s interceptor: one ES256
   sign), the server checking the token (cached after the first call), the proof (one ES256
   verify, the replay cache) and the policy. ``mesh_edge`` is also compared with
-  ``plain_edge`` (``ratio_edge``).
+  ``plain_edge`` (``ratio_edge``); ``plain_edge_proof`` is the plain server called by the same
+  DPoP client (the proof made and sent, and ignored): the client's share of the cost.
 
 The servers run in a child process (as in a deployment, client and server do not share a
 GIL). ``cpu us`` is the CPU time per call of both processes together: it moves less than
@@ -340,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         mesh_edge = dpop_key.intercept(m.edge_channel(ports["mesh_edge"]),
                                        "gateway.svc.mesh.internal", token=bound
                                        ).unary_unary(METHOD)
+        plain_edge_proof = dpop_key.intercept(m.edge_channel(ports["plain_edge"]),
+                                              "gateway.svc.mesh.internal", token=bound
+                                              ).unary_unary(METHOD)
         cells: list[tuple[str, Callable[[], Any], Any]] = [
             ("plain", lambda: plain(b"x", timeout=10), None),
             ("plain_md", lambda: plain(b"x", timeout=10, metadata=carried), None),
@@ -348,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             ("plain_2hop", lambda: plain_2hop(b"x", timeout=10), None),
             ("mesh_2hop", lambda: mesh_2hop(b"x", timeout=10), user),
             ("plain_edge", lambda: plain_edge(b"x", timeout=10), None),
+            ("plain_edge_proof", lambda: plain_edge_proof(b"x", timeout=10), None),
             ("mesh_edge", lambda: mesh_edge(b"x", timeout=10), None),
         ]
         # Interleave the cells in rounds so that load from other processes drifting over the
@@ -362,14 +367,14 @@ def main(argv: list[str] | None = None) -> int:
                 cell = merge(runs, parts["plain"])
                 if name == "mesh_2hop":
                     cell["ratio_2hop"] = merge(runs, parts["plain_2hop"])["ratio"]
-                if name == "mesh_edge":
+                if name in ("mesh_edge", "plain_edge_proof"):
                     edge = merge(runs, parts["plain_edge"])
                     cell["ratio_edge"] = edge["ratio"]
                     cell["cpu_ratio_edge"] = edge["cpu_ratio"]
                     cell["round_ratios_edge"] = edge["round_ratios"]
                 results.setdefault(name, {})[str(threads)] = cell
 
-    print(f"{'cell':<14}{'threads':>8}{'calls/s':>10}{'p50 us':>9}{'p99 us':>9}"
+    print(f"{'cell':<17}{'threads':>8}{'calls/s':>10}{'p50 us':>9}{'p99 us':>9}"
           f"{'cpu us':>9}{'ratio':>8}{'range':>13}{'cpu ratio':>11}")
     for name, per in results.items():
         for count, c in per.items():
@@ -380,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = (f"  ({c['ratio_edge']:.2f}x plain_edge, range {spread_edge}, "
                          f"cpu {c['cpu_ratio_edge']:.2f}x)")
             spread = f"{min(c['round_ratios']):.2f}-{max(c['round_ratios']):.2f}"
-            print(f"{name:<14}{count:>8}{c['calls_per_s']:>10.0f}{c['p50_us']:>9.0f}"
+            print(f"{name:<17}{count:>8}{c['calls_per_s']:>10.0f}{c['p50_us']:>9.0f}"
                   f"{c['p99_us']:>9.0f}{c['cpu_us_per_call']:>9.0f}{c['ratio']:>7.2f}x"
                   f"{spread:>13}{c['cpu_ratio']:>10.2f}x{extra}")
     met = {t: results["mesh"][t]["ratio"] >= TARGET for t in results["mesh"]}
