@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,7 +35,18 @@ class UsageError(Exception):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default: "(default: X)" unless the help already says it."""
+    """Shows every option's default: "(default: X)" unless the help already says it.
+
+    A description keeps its line breaks; a long line is wrapped, an indented one (an example)
+    is left as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            line if not line.strip() or line.startswith(" ")
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent,
+                               break_on_hyphens=False)
+            for line in text.splitlines()
+        )
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

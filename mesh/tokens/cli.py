@@ -49,6 +49,8 @@ CRL_FILE = "crl.pem"
 #: --max-lifetime KIND=SECONDS: the kind names, as in the vectors' limits.max_lifetime
 LIFETIME_KINDS = {"user": "user", "app": "app", "app-asserted": "app_asserted"}
 _SHOWN_HEADER = ("alg", "typ", "kid")
+CA_DIR_HELP = (f"the CA folder whose {BUNDLE_FILE} and {CRL_FILE} verify uses, before or after "
+               f"the action (default: ${CA_DIR_ENV}; unused with --bundle)")
 BANNER = (
     "UNVERIFIED: decoded WITHOUT checking any signature, key, certificate, audience or time.\n"
     "UNVERIFIED: anyone can forge what follows; decide nothing on it (use 'mesh token verify')."
@@ -61,6 +63,9 @@ def register(commands: Any) -> None:
         "token", help="verify or inspect meshid tokens",
         description="Verify or inspect meshid JWS tokens (docs/spec.md sections 3 and 4).",
     )
+    # --ca-dir before or after the action, as for mesh-ca: on the action the default is
+    # SUPPRESS, so `mesh token --ca-dir X verify ...` keeps X.
+    token.add_argument("--ca-dir", metavar="DIR", help=CA_DIR_HELP)
     sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
 
     verify = sub.add_parser(
@@ -73,9 +78,7 @@ def register(commands: Any) -> None:
     )
     verify.add_argument("token", metavar="TOKEN",
                         help="the token ('Bearer ' allowed), or - to read it from stdin")
-    verify.add_argument("--ca-dir", metavar="DIR",
-                        help=f"the CA folder whose {BUNDLE_FILE} and {CRL_FILE} to use, before or "
-                        f"after the command (default: ${CA_DIR_ENV}; ignored with --bundle)")
+    verify.add_argument("--ca-dir", metavar="DIR", default=argparse.SUPPRESS, help=CA_DIR_HELP)
     verify.add_argument("--bundle", type=Path, metavar="FILE",
                         help=f"the trust domain's {BUNDLE_FILE} (default: "
                         f"CA_DIR/{BUNDLE_FILE}, with CA_DIR/{CRL_FILE})")

@@ -29,7 +29,7 @@ def split_host_port(address: str, *, what: str = "address") -> tuple[str, int]:
             f"{what} {address!r} has no port: write HOST:PORT, e.g. {example} (port 0 picks a "
             "free one to listen on); gRPC would quietly take port 443"
         )
-    if not port.isdigit() or int(port) > _MAX_PORT:
+    if not (port.isascii() and port.isdigit()) or int(port) > _MAX_PORT:
         raise AddressError(f"{what} {address!r} has port {port!r}: a port is 0 to {_MAX_PORT}")
     if host.startswith("[") != host.endswith("]"):
         raise AddressError(f"{what} {address!r}: an IPv6 host goes in brackets, [::1]:8443")
