@@ -1,6 +1,7 @@
 # Sourced by the scripts: create .venv if missing and install the project into it.
 # The install is skipped when pyproject.toml has not changed since the last one and the
-# project's commands are in place.
+# project's commands are in place. ROOT is the physical checkout (pwd -P), also when the
+# scripts are reached through a link, so .venv always holds an install of that checkout.
 #
 #   VENV_EXTRA=dev source scripts/_venv.sh    # with pyproject.toml's `dev` extra
 #   source scripts/_venv.sh                   # the project alone
@@ -8,7 +9,7 @@
 # It reads no positional argument: bash hands a file sourced without arguments the caller's
 # own ones, which are the user's (--keep-running, a service name), never an extra.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 extra="${VENV_EXTRA:-}"
@@ -22,8 +23,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.meshid-installed${extra:+-$extra}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -x .venv/bin/mesh ] \
-   || [ ! -x .venv/bin/mesh-ca ] || [ ! -x .venv/bin/ca-issue ]; then
+fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+# An install with the dev extra installs the project too.
+if ! { fresh "$stamp" || { [ -z "$extra" ] && fresh .venv/.meshid-installed-dev; }; } \
+   || [ ! -x .venv/bin/mesh ] || [ ! -x .venv/bin/mesh-ca ] || [ ! -x .venv/bin/ca-issue ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
   touch "$stamp"

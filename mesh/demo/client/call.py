@@ -4,7 +4,8 @@ Reads where the mesh listens from ``STATE/endpoints.json`` (written by the launc
 ``./scripts/demo --keep-running``, and removed when it stops), after checking that a launcher
 still holds the state folder (``STATE/launcher.lock``). The password is ``--password``, else
 ``$MESH_DEMO_PASSWORD``, else the published demo password of a demo user, else a prompt on the
-terminal.
+terminal (or one line of stdin when there is no terminal). ``--wait SECONDS`` waits for a demo
+that is still starting.
 
     mesh demo call --user alice order coffee-beans=2 mug=1
     mesh demo call --user alice list
@@ -22,6 +23,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +108,19 @@ def endpoints(state: Path) -> Endpoints:
     return ends
 
 
+def wait_for_endpoints(state: Path, seconds: float) -> Endpoints:
+    """:func:`endpoints`, asked again every 0.1 s for up to ``seconds`` while no demo serves
+    callers yet (a launcher just started, or still telling its story)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return endpoints(state)
+        except UsageError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
 def _order_json(order: orders_pb2.Order) -> dict[str, Any]:
     return MessageToDict(order, preserving_proto_field_name=True)
 
@@ -115,7 +130,7 @@ def _emit(doc: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ends = endpoints(args.state)
+    ends = wait_for_endpoints(args.state, args.wait)
     try:
         lines = [client.parse_line(text) for text in getattr(args, "lines", [])]
     except ValueError as err:

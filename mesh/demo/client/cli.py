@@ -31,6 +31,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 to 3600 seconds")
+    return value
+
+
 def configure_call(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--state", type=Path, default=Path("demo-state"),
                    help="the running demo's state folder (default: ./demo-state)")
@@ -40,6 +50,9 @@ def configure_call(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "published demo password, else a prompt on the terminal)")
     p.add_argument("--timeout", type=_seconds, default=10.0,
                    help="seconds per call (default: 10)")
+    p.add_argument("--wait", type=_wait_seconds, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for a demo that is still starting "
+                   "(default: 0, do not wait)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: the order, the orders, the token, or why the "
                    "mesh refused")
