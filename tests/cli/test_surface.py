@@ -139,11 +139,24 @@ def test_errors_found_after_parsing_are_one_sentence_too(
         (["token", "verify", "x", *aud, "--bundle", str(mesh.ca.bundle_path), "--peer-cert",
           str(tmp_path / "none.pem")], "cannot read the peer certificate"),
         (["agent", "status", "--state", str(tmp_path / "none")], "mesh agent: error: "),
+        # A port of non-ASCII digits ('²'.isdigit() is true, int('²') raises).
+        (["agent", "--ca", "h:\u00b2", "--ca-fingerprint", "a" * 64, "--node", "n", "--state",
+          str(tmp_path / "s"), "--socket", str(tmp_path / "a.sock")], "is not HOST:PORT"),
     ]
     for argv, words in cases:
         assert mesh_cli.main(argv) == 2, argv
         captured = capsys.readouterr()
         assert captured.err.count("\n") == 1 and words in captured.err, (argv, captured.err)
+
+
+def test_mesh_ca_serve_refuses_a_port_of_other_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ca_cli.main(["init", "--ca-dir", str(tmp_path / "ca")]) == 0
+    capsys.readouterr()
+    assert ca_cli.main(["serve", "--ca-dir", str(tmp_path / "ca"), "--listen", "h:\u00b2"]) == 2
+    assert capsys.readouterr().err == (
+        "mesh-ca: error: --listen 'h:\u00b2' is invalid: write HOST:PORT, e.g. 0.0.0.0:8443\n")
 
 
 def _closed_pipe_run(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
