@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from cryptography import x509
 
@@ -30,10 +30,10 @@ from ca.registry import CertRecord
 from ca.service import cli as service_cli
 from ca.service.admin import issued_through
 from ca.svid import IssuedSVID
+from mesh.cliutil import EXIT_SIGPIPE, ArgumentParser
 from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN
 
 ENV_CA_DIR = "MESH_CA_DIR"
-EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool that lost its reader
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -331,31 +331,6 @@ def _inspect(args: argparse.Namespace) -> int:
 # ---- parsers ---------------------------------------------------------------------------------
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default: "(default: X)" unless the help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if not action.option_strings or "default" in text:
-            return text
-        if action.default is False:
-            return text + " (default: off)"
-        if action.default not in (None, [], argparse.SUPPRESS):
-            return text + " (default: %(default)s)"
-        return text
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors: exit 2 with one sentence, not a usage dump."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 CA_DIR_HELP = f"the CA folder, before or after the command (default: ${ENV_CA_DIR})"
 NAME_HELP = "service name: 1 to 63 of a-z, 0-9 and '-'"
 REASON_HELP = (
@@ -415,7 +390,7 @@ def _add_name_choice(p: argparse.ArgumentParser, *, serial: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="mesh-ca",
         description="meshid's certificate authority: X.509-SVIDs for services. Every command "
         "but inspect works on a CA folder (--ca-dir DIR or $MESH_CA_DIR) and first finishes "
@@ -485,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_issue_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="ca-issue",
         description="Issue X.509-SVIDs for one or more services in one transaction "
         "(same as mesh-ca issue).",

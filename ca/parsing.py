@@ -1,5 +1,6 @@
-"""Parsers for what people type: lifetimes (``24h``, ``1h30m``) and serials (hex), and the one
-way serials are printed."""
+"""Parsers for what people type: lifetimes (``24h``, ``1h30m``) and serials (hex). The one way
+serials are printed, :func:`format_serial`, lives in :mod:`mesh.identity.certs` (``mesh`` never
+imports ``ca``) and is re-exported here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import re
 from datetime import timedelta
 
 from ca.errors import InvalidSerial, InvalidValidity
+from mesh.identity.certs import SERIAL_DIGITS, format_serial
+
+__all__ = ["SERIAL_DIGITS", "format_duration", "format_serial", "parse_duration",
+           "parse_serial"]
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?")
@@ -42,16 +47,6 @@ def format_duration(delta: timedelta, *, units: int = 4) -> str:
         if value:
             parts.append(f"{value}{unit}")
     return "".join(parts[:units])
-
-
-SERIAL_DIGITS = 32  # a 128-bit serial, as this CA makes them
-
-
-def format_serial(serial: int) -> str:
-    """The one way serials are printed: lowercase hex, zero-padded to 32 digits (longer only
-    for a foreign certificate's serial above 128 bits; ``-`` before a foreign negative one)."""
-    sign = "-" if serial < 0 else ""
-    return sign + format(abs(serial), f"0{SERIAL_DIGITS}x")
 
 
 def parse_serial(text: str) -> int:

@@ -3,7 +3,8 @@
 Each group lives beside the code it drives and registers itself with ``register(commands)``.
 Only the group being run is imported (``mesh token ...`` loads no demo or agent code); ``mesh
 --help`` imports them all to list them. A handler returns the exit code: 0 success, 1 the
-thing checked was rejected, 2 a usage or configuration error.
+thing checked was rejected, 2 a usage or configuration error (one sentence on stderr, as for
+``mesh-ca``: see :mod:`mesh.cliutil`), 130 Ctrl-C, 141 the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from mesh.cliutil import ArgumentParser, run
+from mesh.errors import MeshError
 
 #: command group -> the module whose ``register(commands)`` adds it
 GROUPS: dict[str, str] = {
@@ -22,10 +26,10 @@ GROUPS: dict[str, str] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mesh",
         description="meshid service-side tools: verify and inspect identity tokens, run the "
-        "demo client.",
+        "node agent, call the demo.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in GROUPS.items():
@@ -41,10 +45,7 @@ def _group_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_group_of(args_in))
-    args = parser.parse_args(args_in)
-    code: int = args.handler(args)
-    return code
+    return run(build_parser(_group_of(args_in)), args_in, user_errors=(MeshError,))
 
 
 if __name__ == "__main__":

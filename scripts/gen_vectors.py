@@ -17,7 +17,7 @@ Before a file is written, the vector is run through :class:`mesh.tokens.ChainVer
 with a ``method``, :class:`mesh.tokens.dpop.ProofVerifier`) and the run stops if the outcome is
 not the one the vector states, so a case cannot silently test the wrong rule.
 
-Usage: ``scripts/gen-vectors [--out spec/vectors]``
+Usage: ``scripts/gen-vectors [--out DIR]`` (default: the repository's ``spec/vectors``)
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens import ChainVerifier, MaxLifetime, TokenSigner, VerifyLimits
 from mesh.tokens.dpop import ProofVerifier
 
+VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 SERVICES = ("auth", "gateway", "orders", "payments", "inventory", "reporting")
 TD = "mesh.internal"
 CA_LIFETIME = timedelta(days=365 * 50)
@@ -1092,8 +1093,9 @@ def build(work: Path) -> tuple[int, list[Vector]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("spec/vectors"), metavar="DIR",
-                        help="where to write the vectors (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=VECTORS, metavar="DIR",
+                        help="where to write the vectors (default: the repository's "
+                        "spec/vectors)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, quiet_bundle_warnings():
         work = Path(tmp)

@@ -36,7 +36,7 @@ def _time(ts: int | None) -> str:
 
 def _address(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise InvalidInput(f"{what} {text!r} is invalid: write HOST:PORT, e.g. 0.0.0.0:8443")
     return host, int(port)
 

@@ -83,7 +83,7 @@ class Bootstrap:
 
 def split_host_port(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise AgentConfigError(f"{target!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 

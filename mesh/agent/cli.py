@@ -26,6 +26,7 @@ from mesh.agent.agent import Agent, AgentConfig, AgentExit
 from mesh.agent.errors import AgentConfigError
 from mesh.agent.state import read_status
 from mesh.agent.status import fetch_status, render_status
+from mesh.cliutil import UsageError, read_input
 from mesh.errors import MeshError
 
 TOKEN_ENV = "MESH_AGENT_JOIN_TOKEN"  # noqa: S105 (a variable name, not a secret)
@@ -40,29 +41,35 @@ def register(commands: Any) -> None:
         "socket and keep spiffe-helper folders current. Subcommand 'status' shows what it "
         "holds.",
     )
-    p.add_argument("--ca", metavar="HOST:PORT", help="the CA service's agent port (mutual TLS)")
+    p.add_argument("--ca", metavar="HOST:PORT",
+                   help="the CA service's agent port, mutual TLS (required to run)")
     p.add_argument("--ca-attest", metavar="HOST:PORT",
-                   help="the CA service's attestation port (server TLS; default: the --ca host, "
+                   help="the CA service's attestation port, server TLS (default: the --ca host, "
                    "port + 1)")
     p.add_argument("--ca-fingerprint", metavar="SHA256",
-                   help="SHA-256 of the CA root certificate's DER, hex (pins the CA)")
-    p.add_argument("--node", help="this node's name, as registered at the CA")
+                   help="SHA-256 of the CA root certificate's DER, hex, pins the CA (required "
+                   "to run)")
+    p.add_argument("--node", help="this node's name, as registered at the CA (required to run)")
     p.add_argument("--join-token", metavar="TOKEN",
-                   help=f"one-time join token for the first start (or ${TOKEN_ENV}, or "
-                   "--join-token-file; a command line is visible to every local user)")
-    p.add_argument("--join-token-file", metavar="FILE", type=Path)
+                   help="one-time join token for the first start; a command line is visible to "
+                   f"every local user (default: ${TOKEN_ENV}, else --join-token-file)")
+    p.add_argument("--join-token-file", metavar="FILE",
+                   help="read the join token from FILE, - for stdin (default: none)")
     p.add_argument("--state", metavar="DIR", type=Path,
-                   help="state folder (0700): the agent's own SVID, the trust state")
+                   help="state folder (0700): the agent's own SVID, the trust state (required "
+                   "to run)")
     p.add_argument("--socket", metavar="PATH", type=Path,
-                   help="Unix socket to serve the SPIFFE Workload API on")
+                   help="Unix socket to serve the SPIFFE Workload API on (required to run)")
     p.add_argument("--write", metavar="SERVICE=DIR", action="append", default=[],
-                   help="keep a spiffe-helper folder for SERVICE in DIR (repeatable)")
+                   help="keep a spiffe-helper folder for SERVICE in DIR, repeatable "
+                   "(default: none)")
     p.add_argument("--retry-max", metavar="SECONDS", type=float, default=30.0,
-                   help="longest wait between retries while the CA is unreachable (30)")
+                   help="longest wait between retries while the CA is unreachable (default: 30)")
     p.add_argument("--sync-interval", metavar="SECONDS", type=float, default=30.0,
-                   help="how often the registration list is fetched from the CA (30)")
+                   help="how often the registration list is fetched from the CA (default: 30)")
     p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="DEBUG, INFO, WARNING or ERROR, on stderr")
     p.set_defaults(handler=_run, parser=p)
     sub = p.add_subparsers(dest="agent_command", metavar="{status}")
     st = sub.add_parser("status", help="show each SVID, its expiry and next renewal",
@@ -70,10 +77,12 @@ def register(commands: Any) -> None:
                         "renewal: ask the agent on its socket (root sees all services, another "
                         "user its own) or read its state folder.")
     where = st.add_mutually_exclusive_group(required=True)
-    where.add_argument("--socket", dest="status_socket", metavar="PATH", type=Path)
-    where.add_argument("--state", dest="status_state", metavar="DIR", type=Path)
+    where.add_argument("--socket", dest="status_socket", metavar="PATH", type=Path,
+                       help="ask the running agent on its Workload API socket")
+    where.add_argument("--state", dest="status_state", metavar="DIR", type=Path,
+                       help="read the agent's state folder (the agent need not run)")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
-    st.set_defaults(handler=_status)
+    st.set_defaults(handler=_status, parser=st)
 
 
 def _error(message: str) -> int:
@@ -96,11 +105,10 @@ def _parse_writes(values: list[str]) -> dict[str, Path]:
 def _join_token(args: argparse.Namespace) -> str | None:
     if args.join_token_file is not None:
         try:
-            return args.join_token_file.read_text().strip() or None
-        except OSError as err:
-            raise AgentConfigError(
-                f"cannot read --join-token-file {args.join_token_file}: {err.strerror}"
-            ) from err
+            data = read_input(args.join_token_file, "join token file")
+        except UsageError as err:
+            raise AgentConfigError(f"--join-token-file: {err}") from err
+        return data.decode("utf-8", "replace").strip() or None
     return args.join_token or os.environ.get(TOKEN_ENV) or None
 
 

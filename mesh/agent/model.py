@@ -20,7 +20,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from mesh.agent.errors import CAAnswerInvalid
 from mesh.errors import InvalidSpiffeIdError, MeshError
-from mesh.identity.certs import load_pem_chain, spiffe_id_of
+from mesh.identity.certs import format_serial, load_pem_chain, spiffe_id_of
 
 _PEM_CRL_RE = re.compile(
     rb"-----BEGIN X509 CRL-----\r?\n.+?\r?\n-----END X509 CRL-----", re.DOTALL
@@ -142,7 +142,7 @@ def hold(
         key=key,
         not_before=not_before,
         not_after=leaf.not_valid_after_utc.timestamp(),
-        serial=f"{leaf.serial_number:032x}",
+        serial=format_serial(leaf.serial_number),
         issued_at=max(not_before, when.timestamp() if received_at is None else received_at),
     )
 

@@ -42,7 +42,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from mesh.errors import InvalidSpiffeIdError
-from mesh.identity.certs import is_es256_key, not_es256_reason, spiffe_id_of, thumbprint, uri_sans
+from mesh.identity.certs import (
+    format_serial,
+    is_es256_key,
+    not_es256_reason,
+    spiffe_id_of,
+    thumbprint,
+    uri_sans,
+)
 from mesh.identity.errors import BundleError, CertificateRevoked, CertificateUntrusted
 from mesh.identity.spiffeid import SpiffeId, TrustDomain
 
@@ -457,8 +464,8 @@ class FileBundleSource:
             ):
                 what = "certificate" if cert is path[0] else "issuing CA certificate"
                 raise CertificateRevoked(
-                    f"the {what} of {spiffe_id} (serial {cert.serial_number:x}) is revoked by "
-                    "the CRL (spec 4.1)"
+                    f"the {what} of {spiffe_id} (serial {format_serial(cert.serial_number)}) is "
+                    "revoked by the CRL (spec 4.1)"
                 )
         return spiffe_id
 

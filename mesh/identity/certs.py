@@ -1,4 +1,5 @@
-"""Small X.509 helpers: thumbprints, PEM chains, SPIFFE IDs in SANs, the ES256 key type."""
+"""Small X.509 helpers: thumbprints, PEM chains, SPIFFE IDs in SANs, the ES256 key type, and the
+one way serials are printed."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def b64url(data: bytes) -> str:
 def thumbprint(cert: x509.Certificate) -> str:
     """``x5t#S256``: base64url (no padding) of SHA-256 over the certificate's DER."""
     return b64url(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+
+
+SERIAL_DIGITS = 32  # a 128-bit serial, as meshid's CA makes them
+
+
+def format_serial(serial: int) -> str:
+    """The one way serials are printed, by every meshid command and message: lowercase hex,
+    zero-padded to 32 digits (longer only for a foreign certificate's serial above 128 bits;
+    ``-`` before a foreign negative one)."""
+    sign = "-" if serial < 0 else ""
+    return sign + format(abs(serial), f"0{SERIAL_DIGITS}x")
 
 
 def load_pem_chain(data: bytes) -> list[x509.Certificate]:

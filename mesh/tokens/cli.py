@@ -9,13 +9,15 @@ checked, and the output says so. It prints the chain as a tree from the user to 
 which rule failed at which hop (``--json``: one JSON object).
 ``--at`` verifies at a given Unix time instead of now, for the bundle's certificate checks as
 for the token's claims: that is how a conformance vector (``spec/vectors``, spec 10) is replayed.
-Without ``--bundle`` the bundle and CRL come from ``$MESH_CA_DIR``. ``inspect`` decodes without
-verifying anything and says so; it shows a user token's DPoP binding, decodes a DPoP proof given
-in place of a token, and with ``--dpop`` decodes a proof beside the token and compares the two
-(unverified). Neither ever prints a signature or key material (a proof's key is shown by its
-thumbprint).
+Without ``--bundle`` the bundle and CRL come from the CA folder, ``--ca-dir`` or
+``$MESH_CA_DIR``. ``inspect`` decodes without verifying anything and says so; it shows a user
+token's DPoP binding, decodes a DPoP proof given in place of a token, and with ``--dpop``
+decodes a proof beside the token and compares the two (unverified). Neither ever prints a
+signature or key material (a proof's key is shown by its thumbprint). ``-`` reads stdin: the
+token (both commands) or, for ``verify``, the peer's certificate chain, one of the two.
 
-Exit codes: 0 verified (or decoded), 1 rejected (or undecodable), 2 usage or configuration error.
+Exit codes: 0 verified (or decoded), 1 rejected (or undecodable), 2 usage or configuration error
+(one sentence on stderr).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, TextIO
 
 from cryptography import x509
 
+from mesh.cliutil import UsageError, read_input, stdin_at_most_once
 from mesh.errors import CallRefused, InvalidSpiffeIdError, MeshError
 from mesh.identity.bundle import FileBundleSource
 from mesh.identity.certs import load_pem_chain
@@ -51,6 +54,8 @@ CRL_FILE = "crl.pem"
 #: --max-lifetime KIND=SECONDS: the kind names, as in the vectors' limits.max_lifetime
 LIFETIME_KINDS = {"user": "user", "app": "app", "app-asserted": "app_asserted"}
 _SHOWN_HEADER = ("alg", "typ", "kid")
+CA_DIR_HELP = (f"the CA folder whose {BUNDLE_FILE} and {CRL_FILE} verify uses, before or after "
+               f"the action (default: ${CA_DIR_ENV}; unused with --bundle)")
 BANNER = (
     "UNVERIFIED: decoded WITHOUT checking any signature, key, certificate, audience or time.\n"
     "UNVERIFIED: anyone can forge what follows; decide nothing on it (use 'mesh token verify')."
@@ -63,6 +68,9 @@ def register(commands: Any) -> None:
         "token", help="verify or inspect meshid tokens",
         description="Verify or inspect meshid JWS tokens (docs/spec.md sections 3 and 4).",
     )
+    # --ca-dir before or after the action, as for mesh-ca: on the action the default is
+    # SUPPRESS, so `mesh token --ca-dir X verify ...` keeps X.
+    token.add_argument("--ca-dir", metavar="DIR", help=CA_DIR_HELP)
     sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
 
     verify = sub.add_parser(
@@ -70,41 +78,48 @@ def register(commands: Any) -> None:
         description="Verify a token chain exactly as the service --audience would. With "
         "--peer-cert, as if it arrived over mutual TLS from that certificate's owner; without, "
         "as an edge port (user tokens only). Without --bundle, the bundle and CRL are read from "
-        f"${CA_DIR_ENV}. Exit 0 verified, 1 rejected, 2 usage error.",
+        f"the CA folder (--ca-dir or ${CA_DIR_ENV}). Exit 0 verified, 1 rejected, 2 usage "
+        "error.",
     )
-    verify.add_argument("token", metavar="TOKEN", help="the token, or - to read it from stdin")
+    verify.add_argument("token", metavar="TOKEN",
+                        help="the token ('Bearer ' allowed), or - to read it from stdin")
+    verify.add_argument("--ca-dir", metavar="DIR", default=argparse.SUPPRESS, help=CA_DIR_HELP)
     verify.add_argument("--bundle", type=Path, metavar="FILE",
                         help=f"the trust domain's {BUNDLE_FILE} (default: "
-                        f"${CA_DIR_ENV}/{BUNDLE_FILE}, with ${CA_DIR_ENV}/{CRL_FILE})")
+                        f"CA_DIR/{BUNDLE_FILE}, with CA_DIR/{CRL_FILE})")
     verify.add_argument("--audience", required=True, metavar="SPIFFE_ID",
-                        help="the SPIFFE ID of the service receiving the token")
-    verify.add_argument("--peer-cert", type=Path, metavar="PEM",
-                        help="the caller's certificate chain (leaf first); omit for an edge port")
-    verify.add_argument("--crl", type=Path, metavar="FILE", help=f"the CA's {CRL_FILE}")
+                        help="the SPIFFE ID of the service receiving the token (required)")
+    verify.add_argument("--peer-cert", metavar="PEM",
+                        help="the caller's certificate chain (leaf first), - for stdin "
+                        "(default: none, verify as an edge port)")
+    verify.add_argument("--crl", type=Path, metavar="FILE",
+                        help=f"the CA's {CRL_FILE} (default: CA_DIR/{CRL_FILE} without --bundle; "
+                        "none with it: revocation is then not checked)")
     verify.add_argument("--trusted-issuer", action="append", default=[], metavar="SPIFFE_ID",
-                        help="a trusted user-token issuer (repeatable; default "
+                        help="a trusted user-token issuer, repeatable (default: "
                         "spiffe://<trust domain>/svc/auth)")
     verify.add_argument("--at", type=_unix_seconds, metavar="UNIX_SECONDS",
-                        help="verify at this time (certificates, CRL and token times) instead "
-                        "of now")
+                        help="verify at this time (certificates, CRL and token times) "
+                        "(default: now)")
     verify.add_argument("--max-size", type=_positive, metavar="BYTES",
-                        help="the token size limit (default 8192)")
+                        help="the token size limit (default: 8192)")
     verify.add_argument("--max-depth", type=_non_negative, metavar="WRAPS",
-                        help="the most app-asserted wraps around the user token (default 4)")
+                        help="the most app-asserted wraps around the user token (default: 4)")
     verify.add_argument("--leeway", type=_non_negative, metavar="SECONDS",
-                        help="allowed clock skew for exp, iat and nbf (default 30)")
+                        help="allowed clock skew for exp, iat and nbf (default: 30)")
     verify.add_argument("--max-lifetime", action="append", default=[], type=_kind_seconds,
                         metavar="KIND=SECONDS",
-                        help="the longest exp - iat accepted for KIND: user (default 3600), app "
-                        "or app-asserted (default 600); repeatable")
+                        help="the longest exp - iat accepted for KIND, repeatable (default: "
+                        "user=3600, app=600, app-asserted=600)")
     verify.add_argument("--method", type=_method, metavar="/PKG.SERVICE/METHOD",
                         help="edge port only: check the call to this method in full, DPoP "
                         "included (spec 4.7): the token must be bound (cnf.jkt) and --dpop a "
-                        "valid proof for it; without --method only the token rules are checked")
+                        "valid proof for it (default: none, only the token rules are checked)")
     verify.add_argument("--dpop", metavar="PROOF",
-                        help="the call's DPoP proof (the 'dpop' metadata value); needs --method")
+                        help="the call's DPoP proof (the 'dpop' metadata value); needs --method "
+                        "(default: none)")
     verify.add_argument("--dpop-window", type=_positive, metavar="SECONDS",
-                        help=f"how far a proof's iat may lie from now (default "
+                        help=f"how far a proof's iat may lie from now (default: "
                         f"{dpop.DEFAULT_WINDOW})")
     verify.add_argument("--json", action="store_true",
                         help="print one JSON object (result, reason or user and chain)")
@@ -116,10 +131,14 @@ def register(commands: Any) -> None:
         "Signatures and keys are never printed. Exit 0 decoded, 1 not decodable.",
     )
     inspect.add_argument("token", metavar="TOKEN",
-                         help="the token (or a DPoP proof), or - to read it from stdin")
+                         help="the token ('Bearer ' or 'DPoP ' allowed) or a DPoP proof, "
+                         "or - to read it from stdin")
     inspect.add_argument("--dpop", metavar="PROOF",
                          help="also decode this DPoP proof and compare it with the token "
-                         "(key binding, ath), without verifying either")
+                         "(key binding, ath), without verifying either (default: none)")
+    inspect.add_argument("--json", action="store_true",
+                         help="print one JSON object: every layer's header and claims, "
+                         "\"verified\": false")
     inspect.set_defaults(handler=_inspect, parser=inspect)
 
 
@@ -128,7 +147,6 @@ def register(commands: Any) -> None:
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     parser: argparse.ArgumentParser = args.parser
-    parser.print_usage(sys.stderr)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -178,7 +196,7 @@ def _kind_seconds(text: str) -> tuple[str, int]:
 
 def _read_presented(value: str) -> tuple[str, str | None]:
     """The token without a ``Bearer `` or ``DPoP `` prefix, and that scheme (None if bare)."""
-    text = sys.stdin.read() if value == "-" else value
+    text = read_input("-", "token").decode("utf-8", "replace") if value == "-" else value
     text = text.strip()
     for prefix in ("bearer ", "dpop "):
         if text[:len(prefix)].lower() == prefix:
@@ -221,16 +239,16 @@ def _bundle_files(args: argparse.Namespace) -> tuple[Path, Path | None] | str:
         # An explicit bundle never mixes with a CA folder from the environment: that CA's CRL
         # would be checked against another trust domain's anchors.
         return args.bundle, args.crl
-    ca_dir = os.environ.get(CA_DIR_ENV)
+    ca_dir = args.ca_dir or os.environ.get(CA_DIR_ENV)
+    given = f"--ca-dir {ca_dir}" if args.ca_dir else f"{CA_DIR_ENV}={ca_dir}"
     if not ca_dir:
-        return f"give --bundle FILE, or set {CA_DIR_ENV} to the CA folder"
+        return f"give --bundle FILE or --ca-dir DIR, or set {CA_DIR_ENV} to the CA folder"
     folder = Path(ca_dir)
     if args.crl is not None:
         return folder / BUNDLE_FILE, args.crl
     crl = folder / CRL_FILE
     if not crl.is_file():
-        return (f"{crl} is missing ({CA_DIR_ENV}={ca_dir}); pass --bundle and --crl to name "
-                "the files")
+        return f"{crl} is missing ({given}); pass --bundle and --crl to name the files"
     return folder / BUNDLE_FILE, crl
 
 
@@ -256,6 +274,10 @@ def _verify(args: argparse.Namespace) -> int:
         return _usage(args, "--dpop needs --method: a proof is checked for one call")
     if args.method is not None and args.peer_cert is not None:
         return _usage(args, "--method checks an edge call (DPoP, spec 4.7); drop --peer-cert")
+    try:
+        stdin_at_most_once([("TOKEN", args.token), ("--peer-cert", args.peer_cert)])
+    except UsageError as err:
+        return _usage(args, str(err))
     proofs: dpop.ProofVerifier | None = None
     files = _bundle_files(args)
     if isinstance(files, str):
@@ -269,12 +291,13 @@ def _verify(args: argparse.Namespace) -> int:
         return _usage(args, str(err))
     peer_chain: tuple[x509.Certificate, ...] = ()
     if args.peer_cert is not None:
+        shown = "stdin" if args.peer_cert == "-" else args.peer_cert
         try:
-            peer_chain = tuple(load_pem_chain(args.peer_cert.read_bytes()))
-        except OSError as err:
-            return _usage(args, f"cannot read {args.peer_cert}: {err.strerror}")
+            peer_chain = tuple(load_pem_chain(read_input(args.peer_cert, "peer certificate")))
+        except UsageError as err:
+            return _usage(args, str(err))
         except MeshError as err:
-            return _usage(args, f"{args.peer_cert}: {err}")
+            return _usage(args, f"{shown}: {err}")
     if args.method is not None:
         if audience.service_name is None:
             return _usage(args, f"{audience} is not a service: an edge port is a service's")
@@ -401,32 +424,46 @@ def _hop_line(index: int, hop: Hop, now: float) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    out = sys.stdout
     token = _read_token(args.token)
-    now = time.time()
-    print(BANNER, file=out)
-    if _is_proof(token):
-        code = _inspect_proof(out, token, now, None)
-        print(BANNER.splitlines()[0], file=out)
+    if _is_proof(token) and not args.json:
+        print(BANNER, file=sys.stdout)
+        code = _inspect_proof(sys.stdout, token, time.time(), None)
+        print(BANNER.splitlines()[0], file=sys.stdout)
         return code
-    index = 0
+    layers: list[jose.UnverifiedPart] = []
+    failure: CallRefused | None = None
     current: str | None = token
-    while current is not None:
-        if index >= _INSPECT_MAX_LAYERS:
-            print(f"(more than {_INSPECT_MAX_LAYERS} layers; stopped)", file=out)
-            break
+    while current is not None and len(layers) < _INSPECT_MAX_LAYERS:
         try:
             part = jose.decode_unverified(current)
         except CallRefused as err:
-            print(f"hop {index}: cannot decode: {err.reason}: {err}", file=out)
-            return EXIT_REJECTED
+            failure = err
+            break
+        layers.append(part)
+        upstream = part.claims.get("upstream") if part.claims is not None else None
+        current = upstream if isinstance(upstream, str) else None
+    truncated = failure is None and current is not None
+    if args.json:
+        _print_json(sys.stdout, _inspect_json(layers, failure, truncated))
+        return EXIT_REJECTED if failure is not None else EXIT_OK
+    _print_layers(sys.stdout, layers, failure, truncated)
+    code = EXIT_REJECTED if failure is not None else EXIT_OK
+    if args.dpop is not None and failure is None:
+        code = _inspect_proof(sys.stdout, _read_token(args.dpop), time.time(), token)
+        print(BANNER.splitlines()[0], file=sys.stdout)
+    return code
+
+
+def _print_layers(out: TextIO, layers: list[jose.UnverifiedPart], failure: CallRefused | None,
+                  truncated: bool) -> None:
+    now = time.time()
+    print(BANNER, file=out)
+    for index, part in enumerate(layers):
         print(f"hop {index}{' (outermost)' if index == 0 else ''}:", file=out)
         print("  header: " + _header_text(part.header), file=out)
-        upstream = None
         if part.claims is None:
             print("  claims: (not decodable)", file=out)
         else:
-            upstream = part.claims.get("upstream")
             for line in _claim_lines(part.claims, now):
                 print("  " + line, file=out)
         size = f"{part.signature_length} bytes" if part.signature_length >= 0 else "undecodable"
@@ -437,13 +474,40 @@ def _inspect(args: argparse.Namespace) -> int:
             binding = _binding(part.claims)
             if binding:
                 print(f"  binding: {binding}", file=out)
-        current = upstream if isinstance(upstream, str) else None
-        index += 1
-    code = EXIT_OK
-    if args.dpop is not None:
-        code = _inspect_proof(out, _read_token(args.dpop), now, token)
+    if failure is not None:
+        print(f"hop {len(layers)}: cannot decode: {failure.reason}: {failure}", file=out)
+        return
+    if truncated:
+        print(f"(more than {_INSPECT_MAX_LAYERS} layers; stopped)", file=out)
     print(BANNER.splitlines()[0], file=out)
-    return code
+
+
+def _inspect_json(layers: list[jose.UnverifiedPart], failure: CallRefused | None,
+                  truncated: bool) -> dict[str, Any]:
+    hops = []
+    for index, part in enumerate(layers):
+        claims = None if part.claims is None else {
+            name: ({"wrapped_token_bytes": len(value)} if name == "upstream"
+                   and isinstance(value, str) else value)
+            for name, value in part.claims.items()
+        }
+        hops.append({
+            "hop": index,
+            # jwk, x5c, jku, ... may carry keys or certificates: named, never shown
+            "header": {name: value if name in _SHOWN_HEADER else "<present, not shown>"
+                       for name, value in part.header.items()},
+            "claims": claims,
+            "signature_bytes": part.signature_length if part.signature_length >= 0 else None,
+            "problems": list(part.problems),
+        })
+    return {
+        "verified": False,
+        "warning": BANNER.splitlines()[0].removeprefix("UNVERIFIED: "),
+        "hops": hops,
+        "undecodable": None if failure is None else {
+            "hop": len(layers), "reason": str(failure.reason), "message": str(failure)},
+        "truncated": truncated,
+    }
 
 
 def _binding(claims: Mapping[str, Any]) -> str:

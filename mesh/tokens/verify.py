@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mesh.identity.bundle import BundleKey, BundleSource
-from mesh.identity.certs import is_es256_key, not_es256_reason, thumbprint
+from mesh.identity.certs import format_serial, is_es256_key, not_es256_reason, thumbprint
 from mesh.identity.spiffeid import SpiffeId, spiffe_id
 from mesh.tokens import jose
 from mesh.tokens.cache import ChainVerdict, VerifiedToken, VerifiedTokenCache, token_digest
@@ -675,8 +675,8 @@ class ChainVerifier:
                 what = "certificate" if cert == key.certificate else "issuing CA certificate"
                 raise CertificateRevoked(
                     f"the {KIND_NAMES[layer.claims.typ]} at hop {layer.hop} was signed with the "
-                    f"key of {key.spiffe_id}, whose {what} (serial {cert.serial_number:x}) is "
-                    "revoked (spec 4.5)",
+                    f"key of {key.spiffe_id}, whose {what} "
+                    f"(serial {format_serial(cert.serial_number)}) is revoked (spec 4.5)",
                     hop=layer.hop,
                 )
         if len(self._keys) >= _KEY_MEMO_MAX:

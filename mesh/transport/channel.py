@@ -24,6 +24,7 @@ import grpc.aio
 
 from mesh.identity.spiffeid import SpiffeId, TrustDomain, spiffe_id
 from mesh.identity.svid import Svid, SvidSource
+from mesh.transport.address import dial_address
 from mesh.transport.aio_client import aio_client_interceptors
 from mesh.transport.credentials import channel_credentials
 from mesh.transport.errors import ServerConfigError
@@ -55,7 +56,7 @@ class _Settings:
         td = (TrustDomain(trust_domain) if isinstance(trust_domain, str)
               else trust_domain or source.current().spiffe_id.trust_domain)
         self.callee, self.dns_name = callee_identity(service, td)
-        self.target = target
+        self.target = dial_address(target)
         self.source = source
         # The pinned name always wins; metadata limits and "no proxy" come from options.py.
         self.options: list[tuple[str, Any]] = [

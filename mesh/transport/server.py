@@ -37,6 +37,7 @@ from mesh.identity.svid import SvidSource
 from mesh.policy import Policy
 from mesh.tokens.dpop import DpopSettings, ProofVerifier
 from mesh.tokens.verify import ChainVerifier
+from mesh.transport.address import listen_address
 from mesh.transport.aio_handlers import wrap_handler as wrap_aio
 from mesh.transport.audit import AuditLog
 from mesh.transport.credentials import server_credentials
@@ -189,7 +190,9 @@ class _GuardedServer:
         })
 
     def add_port(self, address: str) -> int:
-        """Bind ``address`` (e.g. ``127.0.0.1:0``) with the SVID; return the port."""
+        """Bind ``address`` (``HOST:PORT``, e.g. ``127.0.0.1:0``) with the SVID; return the port.
+        An address without a port is refused (:mod:`mesh.transport.address`)."""
+        address = listen_address(address)
         return self._ports.bound(address, self._server.add_secure_port(
             address, self._ports.credentials()))
 

@@ -1,4 +1,6 @@
-"""The committed generated code is exactly what scripts/gen-protos makes from protos/ today."""
+"""The committed generated code is exactly what scripts/gen-protos makes from protos/ today:
+every proto under protos/ (the demo's, the CA service's, the example's), each beside the package
+its path names."""
 
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ def _generated_files(folder: Path) -> dict[str, str]:
     }
 
 
+def _proto_folders() -> list[Path]:
+    """Every folder of protos/ holding a .proto, relative to protos/ (= its package path)."""
+    protos = ROOT / "protos"
+    return sorted({p.parent.relative_to(protos) for p in protos.rglob("*.proto")})
+
+
 def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
     run = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gen-protos"), "--out", str(tmp_path)],
@@ -43,13 +51,17 @@ def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    fresh = _generated_files(tmp_path / "mesh" / "demo" / "v1")
-    committed = _generated_files(GENERATED)
-    assert sorted(committed) == sorted(fresh), "run scripts/gen-protos: file set differs"
-    for name, text in fresh.items():
-        assert _normalise(committed[name]) == _normalise(text), (
-            f"mesh/demo/v1/{name} is stale: run scripts/gen-protos and commit the result"
-        )
+    folders = _proto_folders()
+    assert {f.as_posix() for f in folders} >= {"mesh/demo/v1", "mesh/ca/v1",
+                                              "examples/greeter/v1"}
+    for folder in folders:
+        fresh = _generated_files(tmp_path / folder)
+        committed = _generated_files(ROOT / folder)
+        assert sorted(committed) == sorted(fresh), f"run scripts/gen-protos: {folder} differs"
+        for name, text in fresh.items():
+            assert _normalise(committed[name]) == _normalise(text), (
+                f"{folder}/{name} is stale: run scripts/gen-protos and commit the result"
+            )
 
 
 def test_every_proto_has_generated_code() -> None:

@@ -170,6 +170,22 @@ def test_keep_running_then_call_by_hand_then_ctrl_c(tmp_path: Path) -> None:
         listing = call("--user", "alice", "list", "--limit", "1")
         assert listing.returncode == 0 and listing.stdout.count("\n") == 1
         assert "1 x grinder, 2 x mug" in listing.stdout
+        as_json = call("--json", "--user", "alice", "order", "sencha=3")
+        assert as_json.returncode == 0, as_json.stderr
+        order = json.loads(as_json.stdout)["order"]
+        assert order["user"] == "alice" and order["lines"] == [{"sku": "sencha", "quantity": 3}]
+        refused = call("--json", "--user", "bob", "order", "mug=1")
+        assert refused.returncode == 1
+        assert json.loads(refused.stdout)["refused"]["reason"] == "SCOPE_MISSING"
+
+        # A second launcher on the same folder refuses, names the holder, and leaves the
+        # running mesh alone.
+        second = subprocess.run(_launcher(state), cwd=tmp_path, env=_env(), capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr
+        assert f"in use by the demo launcher pid {proc.pid}" in second.stderr
+        assert second.stderr.count("\n") == 1 and second.stdout == ""
+        assert call("--user", "alice", "list", "--limit", "1").returncode == 0
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
@@ -180,6 +196,11 @@ def test_keep_running_then_call_by_hand_then_ctrl_c(tmp_path: Path) -> None:
     assert proc.returncode == 0, "".join(lines[-40:]) + rest
     assert "5 clean shutdown: " in rest and ", 0 left" in rest
     _assert_nothing_left(state)
+    # Stopped: nothing tells a caller the mesh is still there.
+    assert not (state / "endpoints.json").exists()
+    after = call("--user", "alice", "list")
+    assert after.returncode == 2
+    assert after.stderr.startswith(f"mesh demo call: error: no demo is running in {state}")
 
 
 def test_refuses_a_state_folder_it_did_not_make(tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ Builds a fresh mesh in ``--state`` (default ``./demo-state``): a CA through ``me
 ``ca-issue``, one SVID per service, the six services as processes on 127.0.0.1, each
 health-checked over mutual TLS; then tells the story (:mod:`mesh.demo.orchestration.story`),
 prints a summary table and stops every process it started, also on Ctrl-C, SIGTERM or a failed
-step. Exit code: 0 when every step went as expected, 1 when one did not, 2 for bad arguments,
-130 on Ctrl-C.
-``--keep-running`` leaves the mesh up after the story and prints how to call it.
+step. Exit code: 0 when every step went as expected, 1 when one did not, 2 for bad arguments
+or a state folder in use by another launcher, 130 on Ctrl-C.
+``--keep-running`` leaves the mesh up after the story and prints how to call it; its
+``endpoints.json`` is removed when the mesh stops. A step that did not go as expected is shown
+in full below the summary table and in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ import os
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from mesh.cliutil import ArgumentParser
 from mesh.demo.errors import DemoConfigError
 from mesh.demo.orchestration.procs import Supervisor
 from mesh.demo.orchestration.stage import (
     OPERATOR,
     USERS,
     Stage,
-    prepare_state,
+    claim_state,
     processes_mentioning,
 )
 from mesh.demo.orchestration.story import Out, Report, Story
@@ -36,11 +40,13 @@ DEFAULT_STATE = "demo-state"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m mesh.demo.orchestration.launcher",
-        description="Run the meshid demo: a CA, six services on loopback, and the story.")
+        description="Run the meshid demo: a CA, six services on loopback, and the story.\n"
+        "./scripts/demo runs this, passing its arguments on.")
     p.add_argument("--state", default=DEFAULT_STATE, type=Path,
-                   help=f"state folder, emptied on every run (default: ./{DEFAULT_STATE})")
+                   help=f"state folder, emptied on every run; one launcher at a time may use it "
+                   f"(default: ./{DEFAULT_STATE})")
     p.add_argument("--keep-running", action="store_true",
                    help="leave the mesh up after the story (Ctrl-C stops it)")
     return p
@@ -94,12 +100,13 @@ def keep_running(stage: Stage, out: Out) -> None:
         out.line("auth restarted, so new logins work", 2)
     endpoints = stage.write_endpoints()
     state = _rel(stage.state)
+    mesh = _rel(Path(sys.executable).parent / "mesh")
     out.line(textwrap.dedent(f"""\
         endpoints: {_rel(endpoints)}; audit logs: {state}/logs/*.audit.jsonl
         call it from another terminal (password: see the set-up above, or --password):
-          .venv/bin/mesh demo call --state {state} --user alice order coffee-beans=2 mug=1
-          .venv/bin/mesh demo call --state {state} --user alice list
-          .venv/bin/mesh demo call --state {state} --user bob order mug=1   # SCOPE_MISSING
+          {mesh} demo call --state {state} --user alice order coffee-beans=2 mug=1
+          {mesh} demo call --state {state} --user alice list
+          {mesh} demo call --state {state} --user bob order mug=1   # SCOPE_MISSING
         Ctrl-C stops every service."""), 2)
     while True:
         dead = [c.name for c in stage.sup.children()
@@ -124,6 +131,7 @@ def shut_down(stage: Stage, out: Out, report: Report) -> None:
 
 
 def print_summary(out: Out, report: Report) -> None:
+    """The summary table (long cells cut to fit), then every failed step in full."""
     out.section("Summary")
     width = max((len(r.step) for r in report.rows), default=10)
     exp_width = min(40, max((len(r.expected) for r in report.rows), default=10))
@@ -138,6 +146,32 @@ def print_summary(out: Out, report: Report) -> None:
     out.line()
     out.line(f"{len(report.rows) - len(failed)} of {len(report.rows)} steps as expected"
              + ("" if not failed else f"; {len(failed)} not: " + "; ".join(r.step for r in failed)))
+    if failed:
+        out.line()
+        out.line("What did not go as expected, in full:")
+        for r in failed:
+            out.line(f"[FAIL] {r.step}: expected {r.expected}", 2)
+            out.line(r.observed, 9)
+            if r.detail:
+                out.line(r.detail, 9)
+
+
+def write_summary(state: Path, report: Report) -> Path:
+    """``summary.json``: every step with its full observation and detail."""
+    path = state / "summary.json"
+    path.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+    return path
+
+
+def _traceback_file(state: Path) -> Path | None:
+    """Where an unexpected error's traceback goes (the summary names the file)."""
+    path = state / "logs" / "launcher-traceback.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,9 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Out(sys.stdout)
     state: Path = args.state.resolve()
     try:
-        prepare_state(state)
+        lock = claim_state(state)
     except DemoConfigError as err:
-        print(f"demo: {err}", file=sys.stderr)
+        print(f"demo: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"demo: error: cannot use the state folder {state}: {err.strerror or err}",
+              file=sys.stderr)
         return 2
     out.line(f"meshid demo: six services on 127.0.0.1, state in {_rel(state)} "
              f"(launcher pid {os.getpid()})")
@@ -181,11 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.add("run to the end", "the whole story", "interrupted (Ctrl-C)", False)
             code = 130
     except Exception as err:
-        report.add("run to the end", "the whole story", f"{type(err).__name__}: {err}", False)
+        where = _traceback_file(state)
+        report.add("run to the end", "the whole story", f"{type(err).__name__}: {err}", False,
+                   detail=f"traceback in {_rel(where)}" if where else "")
     finally:
+        # Callers must stop finding the mesh before it goes away.
+        stage.endpoints_file.unlink(missing_ok=True)
         shut_down(stage, out, report)
         print_summary(out, report)
-        (state / "summary.json").write_text(json.dumps(report.as_json(), indent=2))
+        write_summary(state, report)
+        lock.release()
     if code is not None:
         return code
     return 0 if report.all_ok else 1

@@ -13,8 +13,10 @@ State folder layout::
     data/NAME/          a service's own state (orders.sqlite)
     logs/NAME.log       a service's output; logs/NAME.audit.jsonl its authorization decisions
     ready/NAME.json     written by a service once it listens
-    endpoints.json      where to call the mesh from outside (for ``mesh demo call``)
+    endpoints.json      where to call the mesh from outside (for ``mesh demo call``), while
+                        a mesh is kept running
     pids.json           the launcher's children
+    launcher.lock       held by the running launcher, holds its pid (statelock.py)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-un
 from mesh.demo.errors import DemoConfigError, DemoError
 from mesh.demo.logic.users import new_user, write_users_file
 from mesh.demo.orchestration.procs import Supervisor, wait_for_file
+from mesh.demo.orchestration.statelock import LOCK_FILE, StateLock, acquire
 from mesh.identity.spiffeid import DEFAULT_TRUST_DOMAIN, TrustDomain
 from mesh.identity.svid import StaticSvid, Svid
 from mesh.transport.credentials import channel_credentials
@@ -47,7 +50,9 @@ MARKER = ".meshid-demo-state"
 # What a demo leaves in its state folder (scripts/ca_demo.py, the CA-only demo, too): a folder
 # holding only these may be emptied even without the marker.
 _DEMO_ENTRIES = frozenset({MARKER, "ca", "svids", "identities", "users.json", "data", "logs",
-                           "ready", "endpoints.json", "pids.json", "pids.tmp", "summary.json"})
+                           "ready", "endpoints.json", "pids.json", "pids.tmp", "summary.json",
+                           LOCK_FILE})
+ENDPOINTS_FILE = "endpoints.json"
 OPERATOR = "operator"  # the launcher's own identity: health checks and the staged attacks
 # Started in waves: a service is started once the services it calls listen.
 WAVES: tuple[tuple[str, ...], ...] = (
@@ -99,8 +104,8 @@ def _tool(name: str) -> str:
     return found
 
 
-def prepare_state(state: Path) -> None:
-    """Empty ``state`` for a fresh run; refuse a non-empty folder the demo did not make."""
+def _check_folder(state: Path) -> None:
+    """Refuse a path that is not a folder, or a non-empty folder the demo did not make."""
     if state.exists():
         if not state.is_dir():
             raise DemoConfigError(f"{state} exists and is not a folder")
@@ -110,9 +115,39 @@ def prepare_state(state: Path) -> None:
                 f"{state} is not empty and was not made by the demo; pick another --state "
                 "folder (the demo deletes its state folder on every run)"
             )
+
+
+def claim_state(state: Path) -> StateLock:
+    """Lock ``state`` for this launcher (:mod:`statelock`), then empty it for a fresh run.
+
+    Refuses (``DemoConfigError``) a folder the demo did not make, and one another launcher
+    holds, naming its pid; nothing in the folder is touched then."""
+    _check_folder(state)
+    state.mkdir(parents=True, exist_ok=True)
+    lock = acquire(state)
+    try:
+        prepare_state(state)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def prepare_state(state: Path) -> None:
+    """Empty ``state`` for a fresh run; refuse a non-empty folder the demo did not make. The
+    lock file stays (see :mod:`statelock`): call this only while holding it, or for a folder
+    no launcher uses."""
+    _check_folder(state)
+    if state.exists():
         _stop_leftovers(state)
-        shutil.rmtree(state)
-    state.mkdir(parents=True)
+        for entry in state.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    state.mkdir(parents=True, exist_ok=True)
     (state / MARKER).write_text(
         "made by python -m mesh.demo.orchestration.launcher; deleted on every run\n")
 
@@ -297,9 +332,15 @@ class Stage:
             "auth": self.endpoints["auth"].edge if "auth" in self.endpoints else None,
             "gateway": self.endpoints["gateway"].edge,
         }
-        path = self.state / "endpoints.json"
-        path.write_text(json.dumps(doc, indent=2))
+        path = self.endpoints_file
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, path)  # `mesh demo call` never reads half a file
         return path
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.state / ENDPOINTS_FILE
 
     def served_certificate(self, name: str) -> x509.Certificate:
         """The leaf ``name`` presents to a new connection right now (a TLS probe)."""

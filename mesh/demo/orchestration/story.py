@@ -34,6 +34,7 @@ from mesh.demo.v1 import (
     orders_pb2_grpc,
 )
 from mesh.dpop import DpopClient
+from mesh.identity.certs import format_serial
 from mesh.identity.spiffeid import SpiffeId
 from mesh.tokens.jose import decode_unverified
 from mesh.tokens.signer import TokenSigner
@@ -481,7 +482,7 @@ class Story:
             before = self.stage.served_certificate(service)
             traffic.start()
             time.sleep(1.0)
-            self.out.line(f"{service} serves serial {before.serial_number:032x}; traffic "
+            self.out.line(f"{service} serves serial {format_serial(before.serial_number)}; traffic "
                           f"running ({traffic.ok} calls so far)", 2)
             self.out.line(self.stage.renew(service).strip(), 2)
             new = x509.load_pem_x509_certificate(
@@ -489,9 +490,11 @@ class Story:
             served = self._wait_served(service, new.serial_number, timeout=20)
             time.sleep(1.5)  # keep the traffic on the new certificate for a while
             traffic.stop()
-            self.out.line(f"{service} now serves serial {served:032x} to new connections", 2)
+            self.out.line(f"{service} now serves serial {format_serial(served)} to new "
+                          "connections", 2)
             self.check(f"4 {service} serves its new cert",
-                       "new serial served", f"{before.serial_number:032x} -> {served:032x}",
+                       "new serial served",
+                       f"{format_serial(before.serial_number)} -> {format_serial(served)}",
                        served == new.serial_number != before.serial_number)
             failed = traffic.failures
             self.check("4 calls during the renewal",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from mesh.cliutil import ArgumentParser
 from mesh.demo.errors import DemoConfigError
 from mesh.demo.logic import catalog
 from mesh.demo.logic.auth import LoginService
@@ -41,6 +42,7 @@ from mesh.demo.v1 import inventory_pb2_grpc, orders_pb2_grpc, payments_pb2_grpc
 from mesh.errors import MeshError
 from mesh.identity.spiffeid import SpiffeId
 from mesh.policy import Policy
+from mesh.transport.address import AddressError, dial_address, listen_address
 from mesh.transport.audit import LOGGER_NAME as AUDIT_LOGGER
 from mesh.transport.channel import MeshChannel
 from mesh.transport.server import MeshServer
@@ -83,8 +85,16 @@ def _parse_peers(values: Sequence[str]) -> dict[str, str]:
         name, sep, addr = value.partition("=")
         if not sep or not name or not addr:
             raise DemoConfigError(f"--peer {value!r} must read NAME=HOST:PORT")
-        peers[name] = addr
+        peers[name] = dial_address(addr, what=f"--peer {name}")
     return peers
+
+
+def _listen(text: str) -> str:
+    """argparse type of --listen and --edge-listen: HOST:PORT, the port written out."""
+    try:
+        return listen_address(text, what="address")
+    except AddressError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _port_of(address: str, port: int) -> str:
@@ -93,25 +103,34 @@ def _port_of(address: str, port: int) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mesh.demo",
-                                description="Run one service of the meshid demo mesh.")
-    p.add_argument("service", choices=SERVICES)
+    p = ArgumentParser(prog="python -m mesh.demo",
+                       description="Run one service of the meshid demo mesh.")
+    p.add_argument("service", choices=SERVICES, help="the service to run")
     p.add_argument("--identity", required=True, type=Path,
-                   help="folder with svid.pem, svid_key.pem, svid_bundle.pem")
-    p.add_argument("--listen", required=True, help="mutual-TLS address, e.g. 127.0.0.1:0")
-    p.add_argument("--edge-listen", help="server-TLS edge address (auth and gateway only)")
-    p.add_argument("--bundle", required=True, type=Path, help="bundle.spiffe.json")
-    p.add_argument("--crl", type=Path, help="crl.pem of the CA")
+                   help="folder with svid.pem, svid_key.pem, svid_bundle.pem (required)")
+    p.add_argument("--listen", required=True, type=_listen, metavar="HOST:PORT",
+                   help="mutual-TLS address, port 0 for any free one, e.g. 127.0.0.1:0 "
+                   "(required)")
+    p.add_argument("--edge-listen", type=_listen, metavar="HOST:PORT",
+                   help="server-TLS edge address (auth and gateway only; required there, "
+                   "default: none)")
+    p.add_argument("--bundle", required=True, type=Path, help="bundle.spiffe.json (required)")
+    p.add_argument("--crl", type=Path,
+                   help="crl.pem of the CA (default: crl.pem in the --identity folder)")
     p.add_argument("--policy", type=Path, help="policy TOML (default: the one shipped)")
-    p.add_argument("--peer", action="append", default=[], metavar="NAME=ADDR",
-                   help="address of a service this one calls (repeatable)")
-    p.add_argument("--data", type=Path, help="folder for the service's own state (orders)")
-    p.add_argument("--users", type=Path, help="demo users file (auth)")
-    p.add_argument("--audit-log", type=Path, help="file for the JSON audit lines")
-    p.add_argument("--ready-file", type=Path, help="written (JSON) once the ports listen")
+    p.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
+                   help="address of a service this one calls, repeatable (default: none)")
+    p.add_argument("--data", type=Path,
+                   help="folder for the service's own state, orders only (default: .)")
+    p.add_argument("--users", type=Path, help="demo users file (auth only; default: none)")
+    p.add_argument("--audit-log", type=Path,
+                   help="file for the JSON audit lines (default: stderr)")
+    p.add_argument("--ready-file", type=Path,
+                   help="written (JSON) once the ports listen (default: none)")
     p.add_argument("--report-interval", type=float, default=2.0,
-                   help="seconds between reporting rounds (reporting)")
-    p.add_argument("--token-ttl", type=int, default=900, help="user token lifetime (auth)")
+                   help="seconds between reporting rounds, reporting only (default: 2)")
+    p.add_argument("--token-ttl", type=int, default=900,
+                   help="user token lifetime in seconds, auth only (default: 900)")
     return p
 
 
