@@ -12,14 +12,19 @@ from mesh.errors import Reason
 
 
 class Refused(CAError):
-    """An agent's request was refused and changed nothing; ``wire`` is the reason it gets."""
+    """An agent's request was refused and changed nothing; ``wire`` is the reason it gets.
+
+    ``retry_after`` (seconds, ``SVID_LIMIT`` only): when asking again can succeed; sent as the
+    ErrorInfo metadata entry ``retry_after``.
+    """
 
     reason = "CA_SERVICE_REFUSED"
 
-    def __init__(self, wire: Reason, message: str) -> None:
+    def __init__(self, wire: Reason, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.wire = wire
         self.message = message
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         return self.message

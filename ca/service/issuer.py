@@ -384,12 +384,18 @@ class NodeIssuer:
                           f"{agent.node} was revoked meanwhile")
 
     def _check_limit(self, db: sqlite3.Connection, node: str, name: str) -> None:
-        held = store.count_valid(db, node, name, self._now())
+        now = self._now()
+        held, soonest = store.count_valid(db, node, name, now)
         if held >= self.max_valid:
+            # When a slot frees: the agent keeps what it holds and asks again then (a relative
+            # delay, so the agent's clock does not matter), rather than retrying at once.
+            retry_after = max(1, (soonest or now) - now + 1)
             raise Refused(
                 Reason.SVID_LIMIT,
                 f"node {node} already holds {held} valid certificates for {name}, the most "
-                f"this CA allows ({self.max_valid}); use the ones it has, or revoke some",
+                f"this CA allows ({self.max_valid}); use the ones it has (the next expires in "
+                f"{retry_after - 1} s), or revoke some",
+                retry_after=retry_after,
             )
 
     @staticmethod

@@ -215,8 +215,9 @@ class CAService:
     # ---- plumbing ------------------------------------------------------------------------------
 
     def _status(self, method: str, err: Refused) -> grpc.Status:
+        extra = None if err.retry_after is None else {"retry_after": str(err.retry_after)}
         return rejection(err.wire.status, err.message, err.wire, service=self._service_id,
-                         method=method)
+                         method=method, extra=extra)
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
                      err: Refused) -> None:

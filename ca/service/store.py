@@ -293,15 +293,17 @@ def issued_via(conn: sqlite3.Connection) -> dict[int, tuple[str | None, str]]:
     return {int(str(s), 16): (None if n is None else str(n), str(k)) for s, n, k in rows}
 
 
-def count_valid(conn: sqlite3.Connection, node_name: str, name: str, now: int) -> int:
+def count_valid(conn: sqlite3.Connection, node_name: str, name: str, now: int
+                ) -> tuple[int, int | None]:
     """How many unrevoked, unexpired certificates named ``name`` (a service, or
-    ``agent/NODE``) were issued through ``node_name``."""
+    ``agent/NODE``) were issued through ``node_name``, and the soonest ``not_after`` among them
+    (None when there is none): when the next one leaves the count."""
     row = conn.execute(
-        "SELECT COUNT(*) FROM issued_via v JOIN certs c ON c.serial = v.serial "
+        "SELECT COUNT(*), MIN(c.not_after) FROM issued_via v JOIN certs c ON c.serial = v.serial "
         "WHERE v.node = ? AND c.name = ? AND c.status = 'valid' AND c.not_after > ?",
         (node_name, name, now),
     ).fetchone()
-    return int(row[0])
+    return int(row[0]), _opt_int(row[1])
 
 
 def cert_not_after(conn: sqlite3.Connection, serial: int) -> int | None:

@@ -25,6 +25,7 @@ import os
 import pwd
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,6 +147,12 @@ class Agent:
         self._trust_dirty = asyncio.Event()
         self._views_lock = asyncio.Lock()
         self._renew_now = asyncio.Event()
+        self._sync_now = asyncio.Event()
+        self._retired = 0
+        # what was last written for each identity ("agent" or a service): see _persist
+        self._persisted: dict[str, tuple[HeldSvid, TrustState]] = {}
+        self._persist_locks: dict[str, threading.Lock] = {}
+        self._persist_guard = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -435,6 +442,13 @@ class Agent:
                 self._set_ca("unreachable", str(err))
                 expires = held.not_after if held is not None else None
                 now = time.time()
+                if name == "agent" and held is not None and now >= held.not_after:
+                    # The CA only talks to a valid agent SVID: nothing can be renewed any more.
+                    self._evict(CARefused(
+                        f"the agent SVID expired at {_iso(held.not_after)} while the CA was "
+                        f"unreachable ({err}); the node must join again with a new join token "
+                        f"(mesh-ca join-token {self.config.node})", Reason.CERT_UNTRUSTED))
+                    return
                 if held is not None and now >= held.not_after:
                     self._track(name, "expired",
                                 f"expired at {_iso(held.not_after)}; the CA is unreachable")
@@ -446,8 +460,22 @@ class Agent:
                     self._evict(err)
                     return
                 self._set_ca("ok", "")
+                now = time.time()
+                if err.code is Reason.SVID_LIMIT:
+                    # The node holds as many valid SVIDs of this identity as the CA allows: use
+                    # the one held and ask again when the CA says one leaves the count (or on
+                    # SIGHUP), never in a retry loop that every answer would refuse.
+                    wait = err.retry_after if err.retry_after is not None else max(
+                        self.config.sync_interval, self.backoff.cap)
+                    at = now + max(wait, self.backoff.base)
+                    self._track(name, "limited", f"{err.code}: {err}", at)
+                    attempt += 1
+                    await self._wait_due(at - now)
+                    continue
+                if err.code is Reason.NOT_REGISTERED:
+                    self._sync_now.set()  # the CA knows better than our last list: fetch it
                 self._track(name, "refused", f"{err.code}: {err}")
-                at = time.time() + max(self.config.sync_interval, self.backoff.cap)
+                at = now + max(self.config.sync_interval, self.backoff.cap)
             except AgentError as err:  # CAAnswerInvalid: the CA answered nonsense
                 self._track(name, "refused", str(err))
                 at = self.backoff.next_attempt(time.time(), attempt, None)
@@ -466,11 +494,26 @@ class Agent:
         resp = await self.ca.renew_agent(csr_pem(key, f"agent {self.config.node}"))
         trust = self.store.trust
         svid = hold("agent", resp.cert_chain_pem, key, self._agent_id(), trust.roots)
-        self.state.save_agent(svid, trust)
+        await asyncio.to_thread(self._persist, svid, trust)
         self.agent_svid = svid
-        self.ca.use_identity(trust.roots_pem, svid.chain_pem, svid.key_pem)
+        self._switch_identity(trust.roots_pem)
         _log.info("agent SVID renewed: serial %s valid until %s", svid.serial,
                   _iso(svid.not_after))
+
+    def _switch_identity(self, roots_pem: bytes) -> None:
+        """Talk to the CA with the current agent SVID and roots from now on: a new channel
+        (gRPC clients cannot rotate credentials), the trust stream reopened on it, and the old
+        channel closed once the calls still running on it end. Without the reopening, the
+        stream would stay on the old certificate until the CA refuses it as expired."""
+        assert self.ca is not None and self.agent_svid is not None
+        self.ca.use_identity(roots_pem, self.agent_svid.chain_pem, self.agent_svid.key_pem)
+        trust = self._tasks.get("trust")
+        if trust is not None:
+            # (when the trust task itself switched, for new roots, it ends at its next await)
+            trust.cancel()
+            self._spawn("trust", self._trust_loop())
+        self._retired += 1
+        self._spawn(f"retire:{self._retired}", self.ca.close_retired(self.config.ca_timeout))
 
     async def _issue(self, name: str) -> None:
         assert self.ca is not None and self.store is not None and self.store.trust is not None
@@ -490,8 +533,28 @@ class Agent:
                    _iso(svid.not_after))
 
     def _persist(self, svid: HeldSvid, trust: TrustState) -> None:
-        self.state.save_service(svid, trust)
-        self._write_folder(svid, trust)
+        """(a worker thread) Write the folders of ``svid``'s identity, never backwards.
+
+        A renewal writes its new SVID with the trust state it knew; the trust flush writes the
+        newest trust state with the SVIDs it saw when it started. The two may cross, so each
+        write takes the newer SVID (received later) and the newer trust state (higher
+        sequence) of what it was given and what was last written: the folders never go back
+        to a replaced SVID or an older bundle, whichever write comes last."""
+        with self._persist_guard:
+            lock = self._persist_locks.setdefault(svid.name, threading.Lock())
+        with lock:
+            last = self._persisted.get(svid.name)
+            if last is not None:
+                if last[0].issued_at > svid.issued_at:
+                    svid = last[0]
+                if last[1].sequence > trust.sequence:
+                    trust = last[1]
+            if svid.name == "agent":
+                self.state.save_agent(svid, trust)
+            else:
+                self.state.save_service(svid, trust)
+                self._write_folder(svid, trust)
+            self._persisted[svid.name] = (svid, trust)
 
     def _writer(self, name: str) -> SvidFolderWriter | None:
         target = self.config.writes.get(name)
@@ -546,7 +609,12 @@ class Agent:
                 _log.warning("--write %s: no service %s is registered to node %s",
                              name, name, self.config.node)
                 warned.add(name)
-            await self._sleep(self.config.sync_interval)
+            # Until the next poll, or until the CA refused an issuance as NOT_REGISTERED.
+            self._sync_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sync_now.wait(), self.config.sync_interval)
+            if self._stop.is_set():
+                raise asyncio.CancelledError
 
     def _apply_registrations(self, regs: dict[str, Registration]) -> None:
         assert self.store is not None
@@ -611,8 +679,7 @@ class Agent:
         self.store.set_trust(trust)
         self._trust_dirty.set()
         if old is None or old.roots_pem != trust.roots_pem:
-            agent = self.agent_svid
-            self.ca.use_identity(trust.roots_pem, agent.chain_pem, agent.key_pem)
+            self._switch_identity(trust.roots_pem)
         _log.debug("trust bundle updated: sequence %d", trust.sequence)
         self._write_status()
 
@@ -633,7 +700,7 @@ class Agent:
             await self._sleep(1.0)
 
     def _persist_all(self, agent: HeldSvid, svids: list[HeldSvid], trust: TrustState) -> None:
-        self.state.save_agent(agent, trust)
+        self._persist(agent, trust)
         for svid in svids:
             self._persist(svid, trust)
 

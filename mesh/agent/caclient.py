@@ -15,6 +15,7 @@ in a message.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -43,12 +44,25 @@ def translate(err: grpc.aio.AioRpcError, what: str) -> CARefused | CAUnavailable
         reason = Reason.__members__.get(info.reason)
         if reason is not None and reason is not Reason.CA_UNAVAILABLE:
             detail = (err.details() or "").strip()[:300]
-            return CARefused(f"the CA refused {what}: {reason} ({detail})", reason)
+            return CARefused(f"the CA refused {what}: {reason} ({detail})", reason,
+                             retry_after=_retry_after(info))
     if code in _TRANSIENT or info is None:
         return CAUnavailable(
             f"the CA did not answer {what}: {code.name} ({(err.details() or '').strip()[:200]})"
         )
     return CAUnavailable(f"the CA failed {what}: {code.name}")
+
+
+#: the longest wait a CA's retry_after hint is taken for (a longer one is capped, not trusted)
+MAX_RETRY_AFTER = 7 * 24 * 3600.0
+
+
+def _retry_after(info: Any) -> float | None:
+    """The ErrorInfo's ``retry_after`` (seconds), if present and a sane number."""
+    text = info.metadata.get("retry_after")
+    if not text or not text.isdigit():
+        return None
+    return min(float(text), MAX_RETRY_AFTER)
 
 
 def _options(ca_name: str) -> list[tuple[str, object]]:
@@ -130,11 +144,13 @@ class CAClient:
         for c in channels:
             await c.close(grace=None)
 
-    async def close_retired(self) -> None:
-        """Close channels of earlier agent SVIDs (called once nothing runs on them)."""
-        retired, self._retired = self._retired, []
-        for c in retired:
-            await c.close(grace=1.0)
+    async def close_retired(self, grace: float = 1.0) -> None:
+        """Close the channels of earlier agent SVIDs, letting calls still running on them end
+        (up to ``grace`` seconds)."""
+        for c in list(self._retired):
+            await c.close(grace=grace)
+            if c in self._retired:  # close() may have taken it meanwhile
+                self._retired.remove(c)
 
     async def renew_agent(self, csr_pem: bytes) -> ca_pb2.X509Svid:
         try:

@@ -34,13 +34,15 @@ class CAUnavailable(AgentError):
 class CARefused(AgentError):
     """The CA answered and refused; ``code`` is the CA's reason (``NODE_EVICTED``,
     ``JOIN_TOKEN_USED``, ...), and ``status`` its gRPC status. The class-level ``reason`` is only
-    the family's default."""
+    the family's default. ``retry_after``: seconds until asking again can succeed, when the CA
+    said (``SVID_LIMIT``)."""
 
     reason = Reason.NOT_REGISTERED
 
-    def __init__(self, message: str, code: Reason) -> None:
+    def __init__(self, message: str, code: Reason, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
 
     @property
     def status(self):  # type: ignore[no-untyped-def]

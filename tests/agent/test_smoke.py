@@ -5,8 +5,8 @@ from mesh.identity.svid import X509SvidFolder
 from .conftest import short_dir, wait_for
 
 
-def test_agent_attests_issues_and_writes(fake_ca, agent_runner):
-    fake_ca.register("node-a", "orders", uid=0, ttl=60)
+def test_agent_attests_issues_and_writes(ca_service, agent_runner):
+    ca_service.register("node-a", "orders", uid=0, ttl=60)
     out = short_dir("w-")
     t = agent_runner(writes={"orders": out / "orders"})
     agent = t.wait_ready()

@@ -28,10 +28,10 @@ def _stub(sock):
 
 
 @pytest.fixture
-def running(fake_ca, agent_runner):
-    fake_ca.register("node-a", "orders", uid=os.geteuid(), ttl=4)
-    fake_ca.register("node-a", "payments", uid=os.geteuid(), ttl=3600)
-    fake_ca.register("node-a", "nobody-svc", uid=65534, ttl=3600)
+def running(ca_service, agent_runner):
+    ca_service.register("node-a", "orders", uid=os.geteuid(), ttl=4)
+    ca_service.register("node-a", "payments", uid=os.geteuid(), ttl=3600)
+    ca_service.register("node-a", "nobody-svc", uid=65534, ttl=3600)
     t = agent_runner()
     agent = t.wait_ready()
     wait_for(lambda: {"orders", "payments", "nobody-svc"} <= set(agent.store.svids),
@@ -136,9 +136,9 @@ def _as_uid(uid: int, sock) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_other_uids_get_only_their_own_or_permission_denied(fake_ca, agent_runner):
-    fake_ca.register("node-a", "nobody-svc", uid=65534, ttl=3600)
-    fake_ca.register("node-a", "orders", uid=0, ttl=3600)
+def test_other_uids_get_only_their_own_or_permission_denied(ca_service, agent_runner):
+    ca_service.register("node-a", "nobody-svc", uid=65534, ttl=3600)
+    ca_service.register("node-a", "orders", uid=0, ttl=3600)
     t = agent_runner()
     agent = t.wait_ready()
     wait_for(lambda: {"orders", "nobody-svc"} <= set(agent.store.svids), what="SVIDs")

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from ca.cli import main as mesh_ca
 from ca.service import admin
 from mesh.ca.v1 import ca_pb2
+from mesh.transport.status import error_info
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -223,6 +224,8 @@ def test_a_node_cannot_pile_up_svids(start_service, refused) -> None:  # type: i
     before = svc.snapshot()
     err = refused(lambda: agent.issue("orders"), grpc.StatusCode.RESOURCE_EXHAUSTED, "SVID_LIMIT")
     assert "already holds 3 valid certificates for orders" in err.details()
+    # when a slot frees: the first of the three expires in about an hour (the default ttl)
+    assert 3500 < int(error_info(err).metadata["retry_after"]) <= 3601
     assert svc.snapshot() == before
     assert agent.issue("payments").svid.serial  # control: the limit is per service
     svc.ca.revoke(serial=int(serials[0], 16))
