@@ -11,7 +11,8 @@ It is the upper layer, as go-spiffe's ``spiffetls`` sits on ``tlsconfig``: every
 hands out (:class:`~mesh.transport.server.MeshServer`, :class:`~mesh.transport.channel.
 MeshChannel`, :class:`~mesh.tokens.verify.ChainVerifier`, ...) can also be built by hand.
 
-    workload = mesh.Workload.from_folder("/run/mesh/orders")
+    workload = mesh.Workload.from_folder("/run/mesh/orders")      # spiffe-helper files
+    workload = mesh.Workload.from_workload_api("/run/mesh/agent.sock")  # or the agent's socket
     server = workload.server("orders-policy.toml")
 """
 
@@ -122,6 +123,29 @@ class Workload:
         workload = cls(source, trust, check_revocation=check_revocation)
         source.start()
         return workload
+
+    @classmethod
+    def from_workload_api(cls, socket: str | os.PathLike[str] | None = None, *,
+                          spiffe_id: str | SpiffeId | None = None, timeout: float = 10.0,
+                          check_revocation: bool = True) -> Workload:
+        """A workload fed by a SPIFFE Workload API (``mesh agent``, or SPIRE's agent), kept
+        current as the agent rotates the SVID and the trust bundle.
+
+        ``socket``: the agent's Unix socket (``/path`` or ``unix:///path``; default
+        ``$SPIFFE_ENDPOINT_SOCKET``). ``spiffe_id``: which of this process's SVIDs to use when
+        its user runs several services (default: the first the agent lists). Waits up to
+        ``timeout`` seconds for the first SVID and bundle (:class:`WorkloadApiError` if none
+        came). SPIRE sends no CRL: pass ``check_revocation=False`` to accept that on purpose.
+        """
+        # Imported here: the Workload API stubs are only loaded by services that use it.
+        from mesh.identity.workload_api import WorkloadApiSource  # noqa: PLC0415
+
+        source = WorkloadApiSource.connect(socket, spiffe_id=spiffe_id, timeout=timeout)
+        try:
+            return cls(source, source, check_revocation=check_revocation)
+        except BaseException:
+            source.stop()
+            raise
 
     # --- what it is -----------------------------------------------------------------------------
 

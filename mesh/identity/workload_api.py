@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,9 @@ class WorkloadApiSource:
 
     def key_for(self, kid: str) -> BundleKey | None:
         return self._b().key_for(kid)
+
+    def keys(self) -> Mapping[str, BundleKey]:
+        return self._b().keys()
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         return self._b().is_revoked(cert)
