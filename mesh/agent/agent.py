@@ -54,9 +54,13 @@ from mesh.agent.store import IdentityStore, Registration
 from mesh.agent.workload import add_views
 from mesh.ca.v1 import ca_pb2
 from mesh.errors import InvalidSpiffeIdError, Reason
+from mesh.identity.certs import thumbprint
 from mesh.identity.spiffeid import SpiffeId, TrustDomain, validate_service_name
 
 _log = logging.getLogger("mesh.agent")
+
+#: the largest share of a renewed SVID's life spent waiting for its key to propagate
+PROPAGATION_SHARE = 0.2
 
 #: CA answers after which nothing on this node can be renewed any more
 _FATAL = {Reason.NODE_EVICTED, Reason.CERT_REVOKED, Reason.NOT_AN_AGENT}
@@ -88,6 +92,9 @@ class AgentConfig:
     sync_interval: float = 30.0
     ca_timeout: float = 10.0
     max_connections: int = 512
+    #: seconds a renewed service SVID waits, once this node has the bundle carrying its key,
+    #: before it is served (see Agent._propagation_hold)
+    key_propagation: float = 30.0
 
 
 @dataclass
@@ -265,7 +272,7 @@ class Agent:
                 attempt += 1
         self.td = pinned.trust_domain
         client = CAClient(cfg.ca, attest_target, pinned.ca_dns_name, pinned.root_pem,
-                          timeout=cfg.ca_timeout)
+                          timeout=cfg.ca_timeout, reconnect_max=cfg.retry_cap)
         key = new_key()
         csr = csr_pem(key, f"agent {cfg.node}")
         assert cfg.join_token is not None
@@ -312,7 +319,7 @@ class Agent:
         assert self.td is not None and self.agent_svid is not None
         cfg = self.config
         self.ca = CAClient(cfg.ca, self.attest_target, boot.ca_dns_name(self.td),
-                           trust.roots_pem, timeout=cfg.ca_timeout)
+                           trust.roots_pem, timeout=cfg.ca_timeout, reconnect_max=cfg.retry_cap)
         self.ca.use_identity(trust.roots_pem, self.agent_svid.chain_pem, self.agent_svid.key_pem)
 
     # --- the Workload API ---------------------------------------------------------------------
@@ -523,14 +530,50 @@ class Agent:
                             Reason.NOT_REGISTERED)
         key = new_key()
         resp = await self.ca.issue(name, csr_pem(key, name))
-        trust = self.store.trust
-        svid = hold(name, resp.cert_chain_pem, key, reg.spiffe_id, trust.roots)
+        svid = hold(name, resp.cert_chain_pem, key, reg.spiffe_id, self.store.trust.roots)
+        await self._key_published(svid)
+        await self._propagation_hold(name, svid)
         if self.store.registrations.get(name) != reg:
             return  # unregistered while we waited: do not serve it
-        await asyncio.to_thread(self._persist, svid, trust)
+        await asyncio.to_thread(self._persist, svid, self.store.trust)
         self.store.put_svid(svid)
         _log.debug("service %s: SVID serial %s valid until %s", name, svid.serial,
                    _iso(svid.not_after))
+
+    async def _key_published(self, svid: HeldSvid) -> None:
+        """Wait (at most ``ca_timeout``) until the trust state from the CA carries ``svid``'s
+        token-signing key. The CA publishes the bundle before it answers, and streams it to
+        every agent at once; serving the SVID before this node has the bundle would let the
+        service sign tokens that verifiers here (its own first) cannot check yet."""
+        assert self.store is not None
+        kid = thumbprint(svid.chain[0])
+        deadline = time.monotonic() + self.config.ca_timeout
+        while self.store.trust is None or kid not in self.store.trust.kids:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _log.warning("service %s: the trust bundle from the CA does not carry the key "
+                             "of its new SVID %s yet; serving it anyway", svid.name, svid.serial)
+                return
+            await self.store.wait_change(self.store.version, left)
+
+    async def _propagation_hold(self, name: str, svid: HeldSvid) -> None:
+        """Keep serving the current SVID for ``key_propagation`` seconds more (at most a fifth
+        of the new one's life, never past the current one's expiry) before the renewed one.
+
+        Its key is in this node's bundle now, but an agent that lost the CA (its stream
+        reconnecting with backoff after an outage) hears of it later: a token signed with the
+        new key before that would be refused there. The old SVID stays valid meanwhile."""
+        assert self.store is not None
+        old = self.store.svids.get(name)
+        now = time.time()
+        if old is None or not old.valid_at(now):
+            return  # nothing else to serve
+        wait = min(self.config.key_propagation, PROPAGATION_SHARE * svid.lifetime,
+                   old.not_after - now - 1.0)
+        if wait > 0:
+            _log.debug("service %s: SVID %s served in %.1f s (key propagation)", name,
+                       svid.serial, wait)
+            await self._sleep(wait)
 
     def _persist(self, svid: HeldSvid, trust: TrustState) -> None:
         """(a worker thread) Write the folders of ``svid``'s identity, never backwards.

@@ -65,14 +65,15 @@ def _retry_after(info: Any) -> float | None:
     return min(float(text), MAX_RETRY_AFTER)
 
 
-def _options(ca_name: str) -> list[tuple[str, object]]:
+def _options(ca_name: str, reconnect_max: float) -> list[tuple[str, object]]:
     return [
         ("grpc.ssl_target_name_override", ca_name),
         ("grpc.default_authority", ca_name),
         ("grpc.enable_http_proxy", 0),
-        # Reconnect quickly once the CA is back: the agent paces its own retries.
+        # Reconnect quickly once the CA is back (the agent paces its own retries): the other
+        # agents' renewed keys reach this node only once its trust stream is back.
         ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_reconnect_backoff_ms", int(1000 * min(2.0, max(0.2, reconnect_max)))),
     ]
 
 
@@ -87,7 +88,9 @@ class CAClient:
         roots_pem: bytes,
         *,
         timeout: float = 10.0,
+        reconnect_max: float = 2.0,
     ) -> None:
+        self._options = _options(ca_name, reconnect_max)
         self._agent_target = agent_target
         self._attest_target = attest_target
         self._ca_name = ca_name
@@ -102,7 +105,7 @@ class CAClient:
     ) -> ca_pb2.AttestNodeResponse:
         creds = grpc.ssl_channel_credentials(root_certificates=self._roots_pem)
         async with grpc.aio.secure_channel(
-            self._attest_target, creds, options=_options(self._ca_name)
+            self._attest_target, creds, options=self._options
         ) as channel:
             stub = ca_pb2_grpc.NodeAttestationStub(channel)  # type: ignore[no-untyped-call]
             try:
@@ -123,7 +126,7 @@ class CAClient:
         )
         old = self._channel
         self._channel = grpc.aio.secure_channel(
-            self._agent_target, creds, options=_options(self._ca_name)
+            self._agent_target, creds, options=self._options
         )
         self._stub = ca_pb2_grpc.NodeAgentServiceStub(  # type: ignore[no-untyped-call]
             self._channel

@@ -67,6 +67,10 @@ def register(commands: Any) -> None:
                    help="longest wait between retries while the CA is unreachable (default: 30)")
     p.add_argument("--sync-interval", metavar="SECONDS", type=float, default=30.0,
                    help="how often the registration list is fetched from the CA (default: 30)")
+    p.add_argument("--key-propagation", metavar="SECONDS", type=float, default=30.0,
+                   help="how long a renewed SVID waits, once this node has the bundle with its "
+                   "key, before it is served: time for every other node to have it too "
+                   "(default: 30; at most a fifth of the SVID's life)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="DEBUG, INFO, WARNING or ERROR, on stderr")
@@ -120,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
                       "(or use 'mesh agent status')")
     if args.retry_max <= 0 or args.sync_interval <= 0:
         return _error("--retry-max and --sync-interval must be positive")
+    if args.key_propagation < 0:
+        return _error("--key-propagation must be 0 or more")
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -138,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             retry_base=min(1.0, args.retry_max),
             retry_cap=args.retry_max,
             sync_interval=args.sync_interval,
+            key_propagation=args.key_propagation,
         )
         agent = Agent(config)
     except MeshError as err:

@@ -157,6 +157,8 @@ class TrustState:
     sequence: int
     #: the bundle's jwt-svid keys alone, as a JWKS (what FetchJWTBundles serves)
     jwks_json: bytes = field(repr=False, default=b'{"keys": []}')
+    #: the ``kid`` of each of those keys (x5t#S256 of its certificate)
+    kids: frozenset[str] = field(repr=False, default=frozenset())
 
     @property
     def roots_pem(self) -> bytes:
@@ -183,28 +185,30 @@ def trust_from(
         roots = tuple(load_pem_chain(roots_pem))
     except MeshError as err:
         raise CAAnswerInvalid("the CA's trust state holds no readable root certificate") from err
+    jwks, kids = _jwt_keys_only(bundle_json)
     return TrustState(
         roots=roots,
         bundle_json=bundle_json,
         crl_pem=crl_pem,
         sequence=sequence,
-        jwks_json=_jwt_keys_only(bundle_json),
+        jwks_json=jwks,
+        kids=kids,
     )
 
 
-def _jwt_keys_only(bundle_json: bytes) -> bytes:
-    """The SPIFFE bundle's ``jwt-svid`` entries as a JWKS: the Workload API's JWT bundle must
-    not carry keys of other uses (the x509-svid anchors)."""
+def _jwt_keys_only(bundle_json: bytes) -> tuple[bytes, frozenset[str]]:
+    """The SPIFFE bundle's ``jwt-svid`` entries as a JWKS (the Workload API's JWT bundle must
+    not carry keys of other uses, the x509-svid anchors), and their kids."""
     try:
         doc = json.loads(bundle_json)
     except ValueError as err:
         raise CAAnswerInvalid("the CA's trust bundle is not JSON") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise CAAnswerInvalid("the CA's trust bundle is not a SPIFFE bundle (no 'keys' list)")
-    out: dict[str, object] = {
-        "keys": [k for k in doc["keys"] if isinstance(k, dict) and k.get("use") == "jwt-svid"]
-    }
+    keys = [k for k in doc["keys"] if isinstance(k, dict) and k.get("use") == "jwt-svid"]
+    out: dict[str, object] = {"keys": keys}
     for member in ("spiffe_sequence", "spiffe_refresh_hint"):
         if member in doc:
             out[member] = doc[member]
-    return json.dumps(out, separators=(",", ":")).encode()
+    kids = frozenset(k["kid"] for k in keys if isinstance(k.get("kid"), str))
+    return json.dumps(out, separators=(",", ":")).encode(), kids

@@ -14,6 +14,12 @@ identity the source started with and be valid now; the roots, keys and CRLs go t
 signatures, no bundle sequence or CRL number going backwards). A message that fails keeps the
 current state (logged once).
 
+A rotated SVID is used once the bundle carries its token-signing key (at most
+:data:`ACTIVATION_WAIT` seconds later, and never past the current SVID's expiry): the agent
+streams the new SVID and the new bundle separately, and a token signed with a key no verifier
+knows yet would be refused, by this workload's own verifier first. Every verifier of the trust
+domain hears of the new key from its agent at about the moment this one does.
+
 The stubs are py-spiffe's (``spiffe._proto``): one registration of ``SpiffeWorkloadAPI`` per
 process. py-spiffe's own ``WorkloadApiClient`` is not used here: it drops the ``crl`` field of
 the responses, and a meshid service must check revocation.
@@ -46,6 +52,8 @@ from mesh.identity.svid import Listener, Svid, build_svid
 _log = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "SPIFFE_ENDPOINT_SOCKET"
+#: the longest a new SVID waits for its key to reach the bundle before it is used anyway
+ACTIVATION_WAIT = 5.0
 HEADER = ("workload.spiffe.io", "true")
 _PEM = serialization.Encoding.PEM
 
@@ -173,10 +181,15 @@ class WorkloadApiSource:
 
     def __init__(self) -> None:  # use connect()
         self._lock = threading.Lock()
+        # The two streams' handlers (and the held-back SVID's timer) run one at a time: each
+        # reads what the other wrote (the JWT keys, the SVID's trust domain), and interleaved
+        # they could build the bundle from a stale half (a bundle with no keys at all).
+        self._update = threading.RLock()
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._svid: Svid | None = None
+        self._pending: Svid | None = None  # a new SVID waiting for its key in the bundle
         self._want: SpiffeId | None = None
         self._roots_der = b""
         self._crl: bytes | None = None
@@ -369,6 +382,10 @@ class WorkloadApiSource:
         )
 
     def _on_x509(self, msg: workload_pb2.X509SVIDResponse) -> None:
+        with self._update:
+            self._on_x509_locked(msg)
+
+    def _on_x509_locked(self, msg: workload_pb2.X509SVIDResponse) -> None:
         try:
             entry = self._pick(msg.svids)
             chain = split_der_certificates(entry.x509_svid)
@@ -409,6 +426,53 @@ class WorkloadApiSource:
         if prev is not None and (prev.chain_pem, prev.roots_pem) == (svid.chain_pem,
                                                                      svid.roots_pem):
             return
+        with self._lock:
+            pending = self._pending
+            if pending is not None and (pending.chain_pem, pending.roots_pem) == (
+                    svid.chain_pem, svid.roots_pem):
+                return  # already waiting for its key
+            if prev is not None and self._key_not_out_yet(prev, svid):
+                # Hold the new SVID until the bundle carries its key: switching now would
+                # sign tokens no verifier (this one included) can check yet.
+                self._pending = svid
+                wait = min(ACTIVATION_WAIT,
+                           prev.leaf.not_valid_after_utc.timestamp() - time.time() - 1.0)
+                timer = threading.Timer(max(0.0, wait), self._activate_pending, (svid,))
+                timer.daemon = True
+                timer.start()
+                _log.debug("new SVID %s waits for its key in the bundle", svid.thumbprint)
+                return
+            self._pending = None
+        self._activate(svid)
+
+    def _key_not_out_yet(self, prev: Svid, svid: Svid) -> bool:
+        """True when the bundle carries the current SVID's token key but not the new one's
+        (meshid's agent; a Workload API whose bundle carries no SVID keys, like SPIRE's, is
+        never waited for), and the current SVID has more than a second to live."""
+        bundle = self._bundle
+        if bundle is None:
+            return False
+        keys = bundle.keys()
+        return (prev.thumbprint in keys and svid.thumbprint not in keys
+                and prev.leaf.not_valid_after_utc.timestamp() - time.time() > 1.0)
+
+    def _activate_pending(self, svid: Svid | None = None) -> None:
+        """Switch to the SVID held back (the one given, if it is still the one held back): its
+        key arrived, or it waited long enough."""
+        with self._update:
+            with self._lock:
+                pending = self._pending
+                if pending is None or (svid is not None and pending is not svid):
+                    return
+                bundle = self._bundle
+                if svid is None and bundle is not None and (
+                        bundle.key_for(pending.thumbprint) is None):
+                    return
+                self._pending = None
+            self._activate(pending)
+
+    def _activate(self, svid: Svid) -> None:
+        prev = self._svid
         self._svid = svid
         _log.info("SVID from the Workload API: %s, thumbprint %s", svid.spiffe_id,
                   svid.thumbprint)
@@ -422,6 +486,10 @@ class WorkloadApiSource:
                     _log.exception("SVID listener failed")
 
     def _on_jwt(self, msg: workload_pb2.JWTBundlesResponse) -> None:
+        with self._update:
+            self._on_jwt_locked(msg)
+
+    def _on_jwt_locked(self, msg: workload_pb2.JWTBundlesResponse) -> None:
         td = self._svid.spiffe_id.trust_domain if self._svid is not None else None
         raw = None
         for key, value in msg.bundles.items():
@@ -441,6 +509,7 @@ class WorkloadApiSource:
         self._jwks = doc
         if td is not None:
             self._apply_bundle(td)
+            self._activate_pending()  # if the bundle now carries the held-back SVID's key
 
     def _apply_bundle(self, td: TrustDomain, *, roots_der: bytes | None = None,
                       crl: bytes | None = None) -> None:

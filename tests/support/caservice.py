@@ -148,6 +148,7 @@ def agent_config(ca: RunningCA, node: str, base: Path, **overrides: Any) -> Agen
         "state": base / "state",
         "socket": base / "agent.sock",
         "retry_base": 0.05, "retry_cap": 0.5, "sync_interval": 0.3, "ca_timeout": 3.0,
+        "key_propagation": 0.5,
     }
     fields.update(overrides)
     return AgentConfig(**fields)
