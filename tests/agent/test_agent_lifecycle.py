@@ -273,3 +273,24 @@ def test_agent_svid_expired_while_ca_down_stops_and_asks_for_a_new_token(start_c
         again.wait_ready()
     assert ex.value.code == 2 and "join-token" in ex.value.message
     agent_runner(ca=ca, state=t.config.state).wait_ready()  # control: with one it joins again
+
+
+def test_a_renewed_svid_is_served_after_its_key_had_time_to_propagate(ca_service,
+                                                                      agent_runner):
+    """The CA has issued the new SVID and this node's bundle carries its key, but the agent
+    keeps serving the current one for --key-propagation (here capped at a fifth of the 10 s
+    life: 2 s) so that agents reconnecting late hear of the key first."""
+    ca_service.register("node-a", "orders", uid=0, ttl=10)
+    t = agent_runner(key_propagation=60)
+    agent = t.wait_ready()
+    wait_for(lambda: "orders" in agent.store.svids, what="orders")
+    held = agent.store.svids["orders"]
+    t.call(agent.renew_now)
+    wait_for(lambda: len(ca_service.issued("node-a", "workload", "orders")) == 2,
+             what="the renewal issued by the CA")
+    new = ca_service.issued("node-a", "workload", "orders")[1]
+    # issued, its key in this node's bundle, and still the old SVID is served
+    assert t.call(lambda: agent.store.svids_for(0)) == [held]
+    wait_for(lambda: agent.store.svids["orders"].serial == new, timeout=10,
+             what="the new SVID served once the hold is over")
+    assert time.time() < held.not_after

@@ -11,9 +11,11 @@ import textwrap
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 from spiffe import WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from mesh.identity import workload_api
 from mesh.identity.workload_api import WorkloadApiSource
 from mesh.transport.status import error_info
 
@@ -149,3 +151,47 @@ def test_other_uids_get_only_their_own_or_permission_denied(ca_service, agent_ru
     got = _as_uid(65533, t.config.socket)  # registered nowhere
     assert "svids" not in got
     assert got["bundles"] == "PERMISSION_DENIED" and got["svid"] == "PERMISSION_DENIED"
+
+
+def _x509_message(issued) -> workload_pb2.X509SVIDResponse:
+    der = serialization.Encoding.DER
+    return workload_pb2.X509SVIDResponse(svids=[workload_pb2.X509SVID(
+        spiffe_id=str(issued.spiffe_id),
+        x509_svid=b"".join(c.public_bytes(der) for c in issued.chain),
+        x509_svid_key=issued.private_key.private_bytes(
+            der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        bundle=b"".join(c.public_bytes(der) for c in issued.bundle),
+    )])
+
+
+def _jwt_message(ca) -> workload_pb2.JWTBundlesResponse:
+    doc = json.loads(ca.bundle_path.read_bytes())
+    doc["keys"] = [k for k in doc["keys"] if k["use"] == "jwt-svid"]
+    return workload_pb2.JWTBundlesResponse(bundles={TD: json.dumps(doc).encode()})
+
+
+def test_a_rotated_svid_is_used_once_the_bundle_carries_its_key(mesh_ca, monkeypatch):
+    """The agent streams the new SVID and the new bundle separately: the source keeps the
+    current SVID until the bundle carries the new one's key (its tokens would be refused
+    before), and switches anyway when the key does not come in time."""
+    first = mesh_ca.issue("orders")
+    source = WorkloadApiSource()  # fed by hand below, as its two streams would
+    rotated = []
+    source._on_jwt(_jwt_message(mesh_ca))
+    source._on_x509(_x509_message(first))
+    source.subscribe(rotated.append)
+    assert source.current().thumbprint == first.thumbprint
+    second = mesh_ca.issue("orders")  # the CA's bundle now has its key; ours not yet
+    source._on_x509(_x509_message(second))
+    assert source.current().thumbprint == first.thumbprint and rotated == []
+    source._on_jwt(_jwt_message(mesh_ca))  # the bundle with the key arrives
+    assert source.current().thumbprint == second.thumbprint
+    assert [s.thumbprint for s in rotated] == [second.thumbprint]
+    # a key that never comes: the new SVID is used after ACTIVATION_WAIT
+    monkeypatch.setattr(workload_api, "ACTIVATION_WAIT", 0.2)
+    third = mesh_ca.issue("orders")
+    source._on_x509(_x509_message(third))
+    assert source.current().thumbprint == second.thumbprint
+    wait_for(lambda: source.current().thumbprint == third.thumbprint, timeout=10,
+             what="the switch after the wait")
+    source.stop()
