@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca import crashpoints, fsio
-from ca.bundle import der_of, ec_coordinates, render_bundle
+from ca.bundle import BundleRenderer, der_of, ec_coordinates, render_bundle
 from ca.crl import build_crl, parse_reason
 from ca.errors import (
     BadCSR,
@@ -115,6 +115,8 @@ class CertificateAuthority:
         self._issuer_aki = authority_key_id(self.issuer_cert)
         self._registry = registry
         self._thread_lock = threading.RLock()
+        # Renders bundle.spiffe.json under the publication's lock (docs/architecture.md, caches).
+        self._bundle_renderer = BundleRenderer()
         self._publisher = Publisher(
             ca_dir, registry, self._thread_lock, (BUNDLE_JSON, BUNDLE_PEM, CRL_PEM),
             self._render_publication,
@@ -692,7 +694,8 @@ class CertificateAuthority:
         return number, [
             (
                 self.ca_dir / BUNDLE_JSON,
-                render_bundle(self.roots, self.intermediates, active, sequence=sequence),
+                self._bundle_renderer.render(self.roots, self.intermediates, active,
+                                             sequence=sequence),
             ),
             (self.ca_dir / BUNDLE_PEM, fsio.cert_pem(self.roots)),
             (self.ca_dir / CRL_PEM, crl.public_bytes(serialization.Encoding.PEM)),

@@ -575,14 +575,18 @@ class Agent:
                        svid.serial, wait)
             await self._sleep(wait)
 
-    def _persist(self, svid: HeldSvid, trust: TrustState) -> None:
+    def _persist(self, svid: HeldSvid, trust: TrustState, *, new_svid: bool = True) -> None:
         """(a worker thread) Write the folders of ``svid``'s identity, never backwards.
 
         A renewal writes its new SVID with the trust state it knew; the trust flush writes the
         newest trust state with the SVIDs it saw when it started. The two may cross, so each
         write takes the newer SVID (received later) and the newer trust state (higher
         sequence) of what it was given and what was last written: the folders never go back
-        to a replaced SVID or an older bundle, whichever write comes last."""
+        to a replaced SVID or an older bundle, whichever write comes last.
+
+        A service's folder in the state folder holds its SVID and key only (the trust state is
+        kept once, in the agent's folder): it is written for a new SVID, not for a new bundle
+        (``new_svid=False``: the trust flush), which only the ``--write`` folder shows."""
         with self._persist_guard:
             lock = self._persist_locks.setdefault(svid.name, threading.Lock())
         with lock:
@@ -590,12 +594,14 @@ class Agent:
             if last is not None:
                 if last[0].issued_at > svid.issued_at:
                     svid = last[0]
+                    new_svid = False  # already written by the renewal that received it
                 if last[1].sequence > trust.sequence:
                     trust = last[1]
             if svid.name == "agent":
                 self.state.save_agent(svid, trust)
             else:
-                self.state.save_service(svid, trust)
+                if new_svid:
+                    self.state.save_service(svid, trust)
                 self._write_folder(svid, trust)
             self._persisted[svid.name] = (svid, trust)
 
@@ -745,7 +751,8 @@ class Agent:
     def _persist_all(self, agent: HeldSvid, svids: list[HeldSvid], trust: TrustState) -> None:
         self._persist(agent, trust)
         for svid in svids:
-            self._persist(svid, trust)
+            if svid.name in self.config.writes:
+                self._persist(svid, trust, new_svid=False)
 
     async def _expiry_loop(self) -> None:
         """Wake the Workload API streams when an SVID expires, and end an evicted agent once

@@ -6,7 +6,10 @@ DIR/                      0700, the agent's user only
   agent/                  the agent's own SVID and the trust state, as one folder set
                           (svid.pem, svid_key.pem 0600, svid_bundle.pem, bundle.spiffe.json,
                           crl.pem; switched as one by mesh.agent.folder)
-  svids/<service>/        the same five files for each service SVID held
+  svids/<service>/        each service SVID held: svid.pem, svid_key.pem 0600, svid_bundle.pem
+                          (the same switched set; its bundle.spiffe.json and crl.pem are empty:
+                          the trust state is kept once, in agent/, and is not rewritten into
+                          every service's folder at each bundle change)
   registrations.json      the last registration list the CA gave (served at once on restart)
   status.json             what `mesh agent status --state DIR` shows
 ```
@@ -138,7 +141,9 @@ class StateDir:
         return self.path / "svids" / service
 
     def save_service(self, svid: HeldSvid, trust: TrustState) -> None:
-        self._writer(self.service_folder(svid.name)).write(folder_content(svid, trust))
+        content = folder_content(svid, trust)
+        self._writer(self.service_folder(svid.name)).write(
+            FolderContent(content.chain_pem, content.key_pem, content.roots_pem, b"", b""))
 
     def load_service(
         self, service: str, expected_id: str, trust: TrustState

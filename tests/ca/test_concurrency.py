@@ -156,7 +156,7 @@ def test_failure_while_publishing_rolls_everything_back(
     def boom(*args: object, **kwargs: object) -> bytes:
         raise KeyboardInterrupt  # the harshest interruption: not even an Exception
 
-    monkeypatch.setattr(authority, "render_bundle", boom)
+    monkeypatch.setattr(authority.BundleRenderer, "render", boom)
     with pytest.raises(KeyboardInterrupt):
         ca.issue_many(["orders", "payments"], out_dir=out)
     assert snapshot(ca.ca_dir) == before_ca
