@@ -65,3 +65,12 @@ def test_two_networks_at_once_do_not_collide() -> None:
     with Network(["a"]) as one, Network(["a"]) as two:
         assert one.prefix != two.prefix
         assert {one["a"].netns, two["a"].netns} <= set(namespaces())
+
+
+def test_a_network_whose_creator_was_killed_is_swept_by_the_next() -> None:
+    orphan = f"{PREFIX}{2**22 + 12345}-dead00-"  # above pid_max: no such process
+    Network(["a"], prefix=orphan)  # never closed, as if its worker was killed
+    assert len(leftovers(orphan)) == 2
+    with Network(["a"]) as net:
+        assert leftovers(orphan) == []  # swept
+        assert len(leftovers(net.prefix)) == 2  # a live creator's network is left alone

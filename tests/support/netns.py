@@ -9,8 +9,12 @@ interface ``eth0`` (a veth pair whose other end is a port of the bridge in the s
 namespace), the address ``10.77.0.N/24`` (N = 1, 2, ... in the order given) and ``lo`` up. No
 interface is ever made in the root namespace: each is created directly inside a namespace of
 this network, where interface names cannot collide with anyone's. Namespace names carry a
-random per-network prefix (``mt-<8 hex>-``), so parallel test workers never collide, and
-:func:`leftovers` finds what a network left behind.
+per-network prefix (``mt-<pid>-<6 hex>-``: the creating process and a random part), so parallel
+test workers never collide, and :func:`leftovers` finds what a network left behind.
+
+``close()`` cannot run in a process killed outright (``kill -9`` of a test worker): the next
+network made on the machine removes the namespaces of creators that no longer exist, and the
+processes still running in them (:func:`sweep_orphans`).
 
 ``close()`` (also on leaving the ``with``) kills every process started on a host and still
 running, then deletes the namespaces (which deletes their interfaces and the bridge). It runs
@@ -63,6 +67,30 @@ def leftovers(prefix: str = PREFIX) -> list[str]:
     return [n for n in namespaces() if n.startswith(prefix)]
 
 
+def sweep_orphans() -> list[str]:
+    """Delete the namespaces of networks whose creating process is gone (killed before its
+    ``close()``), after killing what still runs in them. Returns the names deleted."""
+    gone = []
+    for ns in leftovers():
+        pid = ns[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its creator lives: its network is in use
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        for proc in _ip("netns", "pids", ns).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(proc), signal.SIGKILL)
+        with contextlib.suppress(NetnsError):
+            _ip("netns", "del", ns)
+            gone.append(ns)
+    return gone
+
+
 def clean_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: ours) without proxy settings: inside a namespace there is no proxy."""
     out = dict(os.environ if env is None else env)
@@ -112,12 +140,13 @@ class Network:
     def __init__(self, names: Sequence[str], *, prefix: str | None = None) -> None:
         if len(set(names)) != len(names) or not 0 < len(names) < 250:
             raise ValueError("give between 1 and 249 distinct host names")
-        self.prefix = prefix or f"{PREFIX}{secrets.token_hex(4)}-"
+        self.prefix = prefix or f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}-"
         self.switch = f"{self.prefix}sw"
         self.hosts: dict[str, Host] = {}
         self.processes: list[subprocess.Popen[Any]] = []
         self._made: list[str] = []
         try:
+            sweep_orphans()
             self._make(names)
         except BaseException:
             self.close()
