@@ -7,8 +7,9 @@ mesh agent --ca HOST:PORT [--ca-attest HOST:PORT] --ca-fingerprint SHA256 --node
 mesh agent status (--socket PATH | --state DIR) [--json]
 ```
 
-Exit codes: 0 stopped by a signal; 1 the node was evicted and everything it held expired;
-2 a usage or configuration error, or the CA refused the attestation (one sentence on stderr).
+Exit codes: 0 stopped by a signal; 1 the node was evicted (or its own SVID expired while the CA
+was unreachable) and everything it held expired; 2 a usage or configuration error, or the CA
+refused the attestation (one sentence on stderr).
 """
 
 from __future__ import annotations
