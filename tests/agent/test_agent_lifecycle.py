@@ -27,6 +27,13 @@ def _messages(caplog, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
+def _state(agent, name: str) -> str | None:
+    """The state the agent tracks for ``name`` (read from another thread: a single attribute,
+    for waiting on; read several fields together with ``t.call``)."""
+    tracked = agent.tracked.get(name)
+    return None if tracked is None else tracked.state
+
+
 def _exit_code(t) -> int:
     t.thread.join(30)
     assert t.result.done(), "the agent is still running"
@@ -88,7 +95,7 @@ def test_ca_outage_past_renewal_point_keeps_serving_then_resumes(ca_service, age
     held = agent.store.svids["orders"]
     ca_service.stop()
     # past the renewal point (at most half of 10 s), before expiry
-    wait_for(lambda: agent.tracked["orders"].state == "retrying", timeout=10,
+    wait_for(lambda: _state(agent, "orders") == "retrying", timeout=10,
              what="a renewal attempt failing")
     assert time.time() < held.not_after
     assert t.call(lambda: agent.store.svids_for(0)) == [held]  # still served
@@ -107,7 +114,7 @@ def test_svid_dropped_from_workload_api_at_expiry_when_ca_stays_down(ca_service,
     wait_for(lambda: "orders" in agent.store.svids, what="orders")
     held = agent.store.svids["orders"]
     ca_service.stop()
-    wait_for(lambda: agent.tracked["orders"].state == "expired", timeout=10, what="expired state")
+    wait_for(lambda: _state(agent, "orders") == "expired", timeout=10, what="expired state")
     assert time.time() >= held.not_after
     assert t.call(lambda: agent.store.svids_for(0)) == []
     ca_service.start()
@@ -203,15 +210,16 @@ def test_svid_limit_uses_what_it_has_and_waits_for_a_free_slot(start_ca, agent_r
     wait_for(lambda: agent.store.svids["orders"].serial != first.serial, what="second SVID")
     second = agent.store.svids["orders"]
     t.call(agent.renew_now)  # a third would be over the CA's limit of two
-    wait_for(lambda: agent.tracked["orders"].state == "limited", what="SVID_LIMIT reported")
-    tracked = agent.tracked["orders"]
-    assert "SVID_LIMIT" in tracked.detail
+    wait_for(lambda: _state(agent, "orders") == "limited", what="SVID_LIMIT reported")
+    detail, next_renewal = t.call(
+        lambda: (agent.tracked["orders"].detail, agent.tracked["orders"].next_renewal))
+    assert "SVID_LIMIT" in detail
     # it keeps using what it has, and asks again when the CA said a slot frees (the first
     # SVID's expiry, ~60 s away), not after the half-second retry cap
     assert t.call(lambda: agent.store.svids_for(0)) == [second]
-    assert tracked.next_renewal is not None
-    assert tracked.next_renewal >= first.not_after - 2
-    assert agent.status()["services"][0]["state"] == "limited"
+    assert next_renewal is not None
+    assert next_renewal >= first.not_after - 2
+    assert t.call(agent.status)["services"][0]["state"] == "limited"
     assert len(_messages(caplog, "service orders: limited")) == 1
     assert ca.issued("node-a", "workload", "orders") == [first.serial, second.serial]
     # a slot freed by the operator, and SIGHUP: renewed at once
@@ -219,7 +227,7 @@ def test_svid_limit_uses_what_it_has_and_waits_for_a_free_slot(start_ca, agent_r
     t.call(agent.renew_now)
     wait_for(lambda: agent.store.svids["orders"].serial not in (first.serial, second.serial),
              what="a renewal once a slot is free")
-    wait_for(lambda: agent.tracked["orders"].state == "ok", what="state ok again")
+    wait_for(lambda: _state(agent, "orders") == "ok", what="state ok again")
 
 
 def test_eviction_stops_renewal_serves_until_expiry_then_exits_1(start_ca, agent_runner):
@@ -232,7 +240,7 @@ def test_eviction_stops_renewal_serves_until_expiry_then_exits_1(start_ca, agent
     wait_for(lambda: agent.evicted == "NODE_EVICTED", timeout=10, what="eviction noticed")
     held = agent.store.svids["orders"]
     assert int(held.serial, 16) in revoked  # everything issued through the node is revoked
-    assert agent.status()["evicted"] == "NODE_EVICTED"
+    assert t.call(agent.status)["evicted"] == "NODE_EVICTED"
     issued = ca.issued("node-a", "workload") + ca.issued("node-a", "agent")
     # served until it expires, never renewed; then (the agent SVID expired too) exit 1
     assert _exit_code(t) == 1
@@ -248,7 +256,8 @@ def test_revoked_agent_certificate_is_treated_as_eviction(ca_service, agent_runn
     wait_for(lambda: "orders" in agent.store.svids, what="orders")
     ca_service.revoke(agent.agent_svid.serial)
     wait_for(lambda: agent.evicted == "CERT_REVOKED", timeout=10, what="revocation noticed")
-    assert agent.status()["services"][0]["state"] == "evicted"
+    # (read on the agent's loop: the eviction marks every identity in one step there)
+    assert t.call(agent.status)["services"][0]["state"] == "evicted"
     [said] = _messages(caplog, "can no longer renew anything")
     assert "CERT_REVOKED" in said
     # it still serves what it holds (valid until it expires; peers refuse it by the CRL)
