@@ -212,11 +212,11 @@ class Cluster:
         return reports
 
     def stop_services(self) -> None:
-        """SIGTERM every service and wait for its ``final`` line."""
-        for reports in self.services.values():
+        """SIGTERM every service, the last started first, each once the one before has written
+        its ``final`` line: callers stop before the services they call."""
+        for reports in reversed(self.services.values()):
             if reports.proc.poll() is None:
                 reports.proc.send_signal(signal.SIGTERM)
-        for reports in self.services.values():
             reports.wait("its final report", reports.count("final"), 30)
 
     def dump(self) -> None:
