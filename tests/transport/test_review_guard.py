@@ -19,14 +19,15 @@ from mesh.transport.guard import CallGuard, Rejected, bearer_token
 METHOD = "/review.v1.Probe/Who"
 
 
-def _guard(m: Any, name: str, *, edge: bool, caches: bool = True) -> CallGuard:
-    bundle = m.bundle()
-    verifier = ChainVerifier(m.id(name), bundle, cache=None)
+def _guard(m: Any, name: str, *, edge: bool, caches: bool = True,
+           clock: Any = time.time) -> CallGuard:
+    bundle = m.bundle(clock=clock)
+    verifier = ChainVerifier(m.id(name), bundle, cache=None, clock=clock)
     policy = Policy([Rule(methods=("*",), peers=("*",), require_user=False)],
                     trust_domain=m.ca.trust_domain)
     return CallGuard(verifier=verifier, policy=policy,
                      audit=AuditLog(m.id(name)), edge=edge,
-                     call_cache_size=4096 if caches else 0)
+                     call_cache_size=4096 if caches else 0, clock=clock)
 
 
 # --- metadata ------------------------------------------------------------------------------
@@ -91,21 +92,22 @@ def test_call_cache_stops_at_signing_certificate_expiry(mesh_factory: Any) -> No
     """The guard's call cache must end when a certificate that signed an inner token expires,
     not only at the token's exp and the peer's expiry. The token is forged by hand because
     TokenSigner caps exp at its certificate's not_after; another issuer might not."""
-    m = mesh_factory(auth={"ttl": timedelta(seconds=1)})
-    now = int(time.time())
-    client = DpopClient()
+    m = mesh_factory(auth={"ttl": timedelta(minutes=10)})
+    clock = m.clock  # one fake clock for bundle, verifier, guard and the client's proofs
+    expiry = int(m.svids["auth"].certificate.not_valid_after_utc.timestamp())
+    client = DpopClient(clock=clock)
     # far past auth's certificate
-    token = m.forge_user(m.user_claims(iat=now, exp=now + 900, cnf={"jkt": client.jkt}))
-    cached = _guard(m, "gateway", edge=True)
-    uncached = _guard(m, "gateway", edge=True, caches=False)
+    token = m.forge_user(m.user_claims(iat=int(clock.now), exp=expiry + 900,
+                                       cnf={"jkt": client.jkt}))
+    cached = _guard(m, "gateway", edge=True, clock=clock)
+    uncached = _guard(m, "gateway", edge=True, caches=False, clock=clock)
 
     def metadata() -> tuple[tuple[str, str], ...]:  # a fresh proof per call: proofs are single-use
         return m.edge_metadata("gateway", METHOD, token, client)
 
     assert cached.check(METHOD, metadata(), {}) is not None
     assert uncached.check(METHOD, metadata(), {}) is not None
-    expiry = m.svids["auth"].certificate.not_valid_after_utc.timestamp()
-    time.sleep(max(0.0, expiry + 1.1 - time.time()))
+    clock.now = expiry + 1  # auth's certificate has expired; the token has not
     # negative control: without the call cache the very same call is refused for this reason
     with pytest.raises(Rejected) as control:
         uncached.check(METHOD, metadata(), {})
