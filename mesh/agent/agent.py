@@ -6,8 +6,10 @@ Workload API servers and the ``SO_PEERCRED`` accept loop. Keys are made here and
 the host; the CA sees CSRs only.
 
 Rotation timeline of one SVID (``mesh.agent.schedule``): issued at ``t0`` with life ``L``;
-renewal starts at a random point in ``[0.4 L, 0.5 L]``; on failure the agent retries with
-capped exponential backoff and keeps serving the current SVID; at ``t0 + L`` the SVID is
+renewal starts at a random point in ``[0.30 L, 0.38 L]`` and the new SVID is served
+before ``0.5 L`` (after a key-propagation hold of at most ``0.1 L``); on failure the agent
+retries with capped exponential backoff and keeps serving the current SVID; at ``t0 + L`` the
+SVID is
 dropped from the Workload API (the written folder keeps its files; the folder source keeps
 its last good identity), and renewal goes on until the CA answers.
 
@@ -48,7 +50,7 @@ from mesh.agent.errors import (
 from mesh.agent.folder import SvidFolderWriter
 from mesh.agent.model import HeldSvid, TrustState, csr_pem, hold, new_key, trust_from
 from mesh.agent.peercred import PeerCred, PeerCredSplicer
-from mesh.agent.schedule import Backoff, renewal_time
+from mesh.agent.schedule import PROPAGATION_SHARE, Backoff, renewal_time
 from mesh.agent.state import StateDir, folder_content
 from mesh.agent.store import IdentityStore, Registration
 from mesh.agent.workload import add_views
@@ -60,7 +62,6 @@ from mesh.identity.spiffeid import SpiffeId, TrustDomain, validate_service_name
 _log = logging.getLogger("mesh.agent")
 
 #: the largest share of a renewed SVID's life spent waiting for its key to propagate
-PROPAGATION_SHARE = 0.2
 
 #: CA answers after which nothing on this node can be renewed any more
 _FATAL = {Reason.NODE_EVICTED, Reason.CERT_REVOKED, Reason.NOT_AN_AGENT}
@@ -557,7 +558,7 @@ class Agent:
             await self.store.wait_change(self.store.version, left)
 
     async def _propagation_hold(self, name: str, svid: HeldSvid) -> None:
-        """Keep serving the current SVID for ``key_propagation`` seconds more (at most a fifth
+        """Keep serving the current SVID for ``key_propagation`` seconds more (at most a tenth
         of the new one's life, never past the current one's expiry) before the renewed one.
 
         Its key is in this node's bundle now, but an agent that lost the CA (its stream

@@ -71,7 +71,7 @@ def register(commands: Any) -> None:
     p.add_argument("--key-propagation", metavar="SECONDS", type=float, default=30.0,
                    help="how long a renewed SVID waits, once this node has the bundle with its "
                    "key, before it is served: time for every other node to have it too "
-                   "(default: 30; at most a fifth of the SVID's life)")
+                   "(default: 30; at most a tenth of the SVID's life)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="DEBUG, INFO, WARNING or ERROR, on stderr")

@@ -1,10 +1,13 @@
 """When to renew an SVID and how long to wait after a failed attempt.
 
-Renewal: at a random point between 40 % and 50 % of the certificate's life (``not_before`` to
-``not_after``), as SPIRE's agent does at one half; the jitter spreads the renewals of SVIDs
-issued together (a node's services after a restart, a fleet after a CA outage) so they do not
-reach the CA at the same instant every cycle. An SVID therefore always has at least half its
-life left when its renewal starts, which is the time the agent has to ride out a CA outage.
+Renewal: at a random point between 30 % and 38 % of the certificate's life (``not_before`` to
+``not_after``). The renewed SVID is served after its key has reached this node's bundle and a
+key-propagation hold of at most :data:`PROPAGATION_SHARE` of the life, so with a reachable CA a
+service never holds a certificate older than half its life (SPIRE's agent rotates at one
+half). The jitter spreads the renewals of SVIDs issued together (a node's services after a
+restart, a fleet after a CA outage) so they do not reach the CA at the same instant every
+cycle. An SVID has at least 62 % of its life left when its renewal starts: the time the agent
+has to ride out a CA outage.
 
 Retries: capped exponential backoff with full jitter (a random wait between 0 and
 ``min(cap, base * 2**attempt)``), and never later than the moment the certificate expires, so
@@ -16,8 +19,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-RENEW_EARLIEST = 0.40
-RENEW_LATEST = 0.50
+RENEW_EARLIEST = 0.30
+RENEW_LATEST = 0.38
+#: the longest key-propagation hold, as a share of the new SVID's life: RENEW_LATEST plus this
+#: stays under one half, with room for the CA's answer
+PROPAGATION_SHARE = 0.10
 
 
 def renewal_time(not_before: float, not_after: float, rng: random.Random | None = None) -> float:

@@ -287,9 +287,9 @@ def test_agent_svid_expired_while_ca_down_stops_and_asks_for_a_new_token(start_c
 def test_a_renewed_svid_is_served_after_its_key_had_time_to_propagate(ca_service,
                                                                       agent_runner):
     """The CA has issued the new SVID and this node's bundle carries its key, but the agent
-    keeps serving the current one for --key-propagation (here capped at a fifth of the 10 s
+    keeps serving the current one for --key-propagation (here capped at a tenth of the 20 s
     life: 2 s) so that agents reconnecting late hear of the key first."""
-    ca_service.register("node-a", "orders", uid=0, ttl=10)
+    ca_service.register("node-a", "orders", uid=0, ttl=20)
     t = agent_runner(key_propagation=60)
     agent = t.wait_ready()
     wait_for(lambda: "orders" in agent.store.svids, what="orders")
