@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh.identity.unixsock import SocketPath
+
 _log = logging.getLogger(__name__)
 _CRED = struct.Struct("3i")
 _CHUNK = 64 * 1024
@@ -92,6 +94,7 @@ class PeerCredSplicer:
         self._route = route
         self._max = max_connections
         self._server: asyncio.AbstractServer | None = None
+        self._address: SocketPath | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._refusing = False
         self.accepted = 0
@@ -102,8 +105,11 @@ class PeerCredSplicer:
 
     async def start(self) -> None:
         prepare_socket_path(self.path)
+        # A path too long for sun_path is bound through its folder's descriptor, kept open
+        # until close().
+        self._address = SocketPath(self.path)
         self._server = await asyncio.start_unix_server(
-            self._on_connection, path=str(self.path), backlog=256
+            self._on_connection, path=self._address.address, backlog=256
         )
         # Anyone local may connect: who they are is read from the kernel, not trusted from them.
         os.chmod(self.path, 0o666)  # noqa: S103
@@ -119,6 +125,9 @@ class PeerCredSplicer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if self._address is not None:
+            self._address.close()
+            self._address = None
 
     def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -10,6 +10,7 @@ import grpc
 
 from mesh.agent.errors import AgentConfigError, CAUnavailable
 from mesh.agent.workload import HEADER, STATUS_METHOD
+from mesh.identity.unixsock import SocketPath
 from mesh.transport.status import error_info
 
 
@@ -17,7 +18,8 @@ def fetch_status(socket_path: Path, *, timeout: float = 5.0) -> dict[str, Any]:
     """The agent's status as the calling user may see it."""
     if not socket_path.exists():
         raise AgentConfigError(f"{socket_path} does not exist: is the agent running?")
-    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+    with SocketPath(socket_path) as address, grpc.insecure_channel(
+            f"unix:{address.address}") as channel:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(STATUS_METHOD)
         try:
             raw = call(b"", timeout=timeout, metadata=((HEADER, "true"),))

@@ -48,6 +48,7 @@ from mesh.identity.bundle import BundleKey, FileBundleSource
 from mesh.identity.errors import BundleError, SvidError, SvidIdentityChanged, SvidNotValidNow
 from mesh.identity.spiffeid import SpiffeId, TrustDomain
 from mesh.identity.svid import Listener, Svid, build_svid
+from mesh.identity.unixsock import SocketPath, SocketPathError
 
 _log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class WorkloadApiSource:
         self._calls: set[Any] = set()
         self._retry_max = 5.0
         self.target = ""
+        self._address: SocketPath | None = None
 
     @classmethod
     def connect(
@@ -226,8 +228,14 @@ class WorkloadApiSource:
         self.target = socket_target(socket_path)
         self._want = SpiffeId.parse(spiffe_id) if isinstance(spiffe_id, str) else spiffe_id
         self._retry_max = retry_max
+        # A path too long for sun_path is reached through its folder's descriptor, open until
+        # stop().
+        try:
+            self._address = SocketPath(self.target[len("unix:"):])
+        except SocketPathError as err:
+            raise WorkloadApiError(str(err)) from err
         self._channel = grpc.insecure_channel(
-            self.target, options=[("grpc.enable_http_proxy", 0)]
+            "unix:" + self._address.address, options=[("grpc.enable_http_proxy", 0)]
         )
         self._stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(  # type: ignore[no-untyped-call]
             self._channel
@@ -310,6 +318,9 @@ class WorkloadApiSource:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(5)
+        if self._address is not None:
+            self._address.close()
+            self._address = None
 
     close = stop
 

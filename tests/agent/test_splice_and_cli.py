@@ -18,6 +18,7 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 from mesh.agent.folder import KILL_ENV
 from mesh.identity.bundle import FileBundleSource
 from mesh.identity.svid import X509SvidFolder
+from mesh.identity.workload_api import WorkloadApiSource
 
 from .conftest import short_dir, wait_for
 
@@ -183,3 +184,26 @@ def test_kill_9_mid_renewal_leaves_consistent_files(ca_service, tmp_path):
     assert agent.returncode == 0, err
     assert "restarted from" in err
     assert len(ca_service.issued("node-a", "agent")) == 1  # attested once, never again
+
+
+def test_a_socket_path_longer_than_sun_path_works_for_agent_source_and_status(
+        ca_service, agent_runner, tmp_path):
+    """A state folder deep in a working tree: the agent binds, and meshid's Workload API source
+    and `mesh agent status` connect, through the folder's descriptor (mesh.identity.unixsock)."""
+    folder = tmp_path / ("deep-" * 12)
+    folder.mkdir()
+    sock = folder / "agent.sock"
+    assert len(str(sock)) > 107
+    ca_service.register("node-a", "orders", uid=os.geteuid(), ttl=3600)
+    t = agent_runner(sock=sock)
+    agent = t.wait_ready()
+    wait_for(lambda: "orders" in agent.store.svids, what="orders")
+    assert sock.is_socket()
+    src = WorkloadApiSource.connect(sock, timeout=10)
+    try:
+        assert str(src.current().spiffe_id) == "spiffe://mesh.internal/svc/orders"
+    finally:
+        src.stop()
+    out = _mesh("agent", "status", "--socket", str(sock))
+    assert out.returncode == 0, out.stderr
+    assert agent.store.svids["orders"].serial in out.stdout
