@@ -28,6 +28,9 @@ DEFAULT_TOKEN_TTL = timedelta(minutes=10)
 MAX_TOKEN_TTL = timedelta(days=7)
 DEFAULT_SVID_TTL = timedelta(hours=1)
 MIN_SVID_TTL = timedelta(minutes=1)
+#: the floor of ``mesh-ca register --allow-short-ttl``: demos that show several renewals in a
+#: minute (a 20 s SVID renews about every 7 s)
+SHORT_SVID_TTL = timedelta(seconds=10)
 #: the lowest ``min_ttl`` a caller of :func:`register` may lower the floor to
 SHORTEST_SVID_TTL = timedelta(seconds=2)
 MAX_SVID_TTL = timedelta(days=30)
@@ -116,7 +119,10 @@ def register(
         raise InvalidValidity("a registration's SVID lifetime floor is at least 2 seconds")
     if not min_ttl <= ttl <= MAX_SVID_TTL:
         floor = "1 minute" if min_ttl == MIN_SVID_TTL else f"{min_ttl.total_seconds():g} seconds"
-        raise InvalidValidity(f"a registration's SVID lifetime is between {floor} and 30 days")
+        hint = (" (--allow-short-ttl lowers the floor to 10 seconds, for demos and tests)"
+                if min_ttl == MIN_SVID_TTL and ttl < min_ttl else "")
+        raise InvalidValidity(
+            f"a registration's SVID lifetime is between {floor} and 30 days{hint}")
     seconds = int(ttl.total_seconds())
     store.ensure_schema(ca)
 

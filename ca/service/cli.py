@@ -69,7 +69,8 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
     def cmd_register(args: argparse.Namespace) -> int:
         ttl = parse_duration(args.ttl)
         with CertificateAuthority.open(ca_dir(args)) as ca:
-            row = admin.register(ca, args.service, args.node, args.uid, ttl)
+            floor = admin.SHORT_SVID_TTL if args.allow_short_ttl else admin.MIN_SVID_TTL
+            row = admin.register(ca, args.service, args.node, args.uid, ttl, min_ttl=floor)
             sid = ca.trust_domain.service(row.service)
         print(
             f"registered {row.service} ({sid}) on node {row.node}: run by uid {row.uid}, "
@@ -159,7 +160,10 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
                    help="the Unix user that runs the service on that node (required, no "
                    "default)")
     p.add_argument("--ttl", default="1h", metavar="DURATION",
-                   help="lifetime of the service's SVIDs (default: %(default)s)")
+                   help="lifetime of the service's SVIDs, 1m to 30d (default: %(default)s)")
+    p.add_argument("--allow-short-ttl", action="store_true",
+                   help="let --ttl go down to 10s, for demos and tests: the agent renews at "
+                   "about a third of the life (default: off)")
     add_ca_dir(p)
     p.set_defaults(handler=cmd_register)
 

@@ -1,13 +1,14 @@
 """When to renew an SVID and how long to wait after a failed attempt.
 
-Renewal: at a random point between 30 % and 38 % of the certificate's life (``not_before`` to
-``not_after``). The renewed SVID is served after its key has reached this node's bundle and a
-key-propagation hold of at most :data:`PROPAGATION_SHARE` of the life, so with a reachable CA a
-service never holds a certificate older than half its life (SPIRE's agent rotates at one
-half). The jitter spreads the renewals of SVIDs issued together (a node's services after a
-restart, a fleet after a CA outage) so they do not reach the CA at the same instant every
-cycle. An SVID has at least 62 % of its life left when its renewal starts: the time the agent
-has to ride out a CA outage.
+Renewal: at a random point between 30 % and 38 % of the certificate's life, counted from the
+moment the agent received it to ``not_after`` (the CA backdates ``notBefore`` a minute for clock
+skew; that minute is not life the agent can use). The renewed SVID is served after its key has
+reached this node's bundle and a key-propagation hold of at most :data:`PROPAGATION_SHARE` of
+the life, so with a reachable CA a service never holds a certificate older than half its life
+(SPIRE's agent rotates at one half). The jitter spreads the renewals of SVIDs issued together (a
+node's services after a restart, a fleet after a CA outage) so they do not reach the CA at the
+same instant every cycle. An SVID has at least 62 % of its life left when its renewal starts:
+the time the agent has to ride out a CA outage.
 
 Retries: capped exponential backoff with full jitter (a random wait between 0 and
 ``min(cap, base * 2**attempt)``), and never later than the moment the certificate expires, so
@@ -27,7 +28,8 @@ PROPAGATION_SHARE = 0.10
 
 
 def renewal_time(not_before: float, not_after: float, rng: random.Random | None = None) -> float:
-    """The Unix time at which to start renewing a certificate valid from/to these times."""
+    """The Unix time at which to start renewing a certificate whose life runs from
+    ``not_before`` (the agent passes the time it received it) to ``not_after``."""
     life = max(0.0, not_after - not_before)
     r = (rng or random).uniform(RENEW_EARLIEST, RENEW_LATEST)
     return not_before + life * r

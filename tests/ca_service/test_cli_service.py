@@ -64,6 +64,14 @@ def test_register_unregister_nodes(mesh_ca_dir, capsys) -> None:  # type: ignore
     assert regs == [{"service": "payments", "uid": 1002, "ttl_seconds": 3600}]
 
 
+def test_allow_short_ttl_lowers_the_floor_to_ten_seconds(mesh_ca_dir, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = _run(capsys, "register", "orders", "--node", "node-1", "--uid", "1001",
+                        "--ttl", "10s", "--allow-short-ttl", "--ca-dir", mesh_ca_dir)
+    assert code == 0 and "SVIDs valid 10s" in out, out
+    code, out, _ = _run(capsys, "nodes", "--json", "--ca-dir", mesh_ca_dir)
+    assert json.loads(out)["nodes"][0]["registrations"][0]["ttl_seconds"] == 10
+
+
 def test_nodes_on_a_ca_that_never_served(mesh_ca_dir, capsys) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = _run(capsys, "nodes", "--ca-dir", mesh_ca_dir)
     assert code == 0 and "no nodes yet" in out
@@ -85,7 +93,9 @@ def test_nodes_on_a_ca_that_never_served(mesh_ca_dir, capsys) -> None:  # type: 
         (["register", "orders", "--node", "node-1", "--uid", "-1"], "uid -1 is invalid"),
         (["register", "ca", "--node", "node-1", "--uid", "1"], "'ca' is reserved"),
         (["register", "orders", "--node", "node-1", "--uid", "1", "--ttl", "30s"],
-         "between 1 minute and 30 days"),
+         "between 1 minute and 30 days (--allow-short-ttl lowers the floor to 10 seconds"),
+        (["register", "orders", "--node", "node-1", "--uid", "1", "--ttl", "9s",
+          "--allow-short-ttl"], "between 10 seconds and 30 days"),
         (["unregister", "orders", "--node", "node-1"], "not registered to node node-1"),
         (["evict", "node-9"], "knows no node node-9"),
         (["evict", "node-1", "--reason", "bored"], "revocation reason 'bored' is unknown"),
