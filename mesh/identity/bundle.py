@@ -447,7 +447,7 @@ class FileBundleSource:
         if not spiffe_id.member_of(snap.trust_domain):
             raise CertificateUntrusted(
                 f"the certificate's SPIFFE ID {spiffe_id} is not in the trust domain "
-                f"{snap.trust_domain} (spec 4.1)"
+                f"{snap.trust_domain} (spec 4.1)", presented=spiffe_id
             )
         try:
             path = _verify_leaf(
@@ -456,7 +456,8 @@ class FileBundleSource:
         except VerificationError as err:
             raise CertificateUntrusted(
                 f"the certificate of {spiffe_id} does not chain to the trust anchors of "
-                f"{snap.trust_domain} or is not valid now ({_short(err)}) (spec 4.1)"
+                f"{snap.trust_domain} or is not valid now ({_short(err)}) (spec 4.1)",
+                presented=spiffe_id,
             ) from err
         for i, cert in enumerate(path[:-1]):  # the anchor itself is trusted by configuration
             if (snap.revoked and _revocation_id(cert) in snap.revoked) or _pending_revokes(
@@ -465,7 +466,7 @@ class FileBundleSource:
                 what = "certificate" if cert is path[0] else "issuing CA certificate"
                 raise CertificateRevoked(
                     f"the {what} of {spiffe_id} (serial {format_serial(cert.serial_number)}) is "
-                    "revoked by the CRL (spec 4.1)"
+                    "revoked by the CRL (spec 4.1)", presented=spiffe_id
                 )
         return spiffe_id
 

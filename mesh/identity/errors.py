@@ -5,13 +5,26 @@ Reason codes and their gRPC status live in :class:`mesh.errors.Reason`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mesh.errors import CallRefused, ConfigError, Reason
+
+if TYPE_CHECKING:
+    from mesh.identity.spiffeid import SpiffeId
 
 
 class CertificateError(CallRefused):
-    """A certificate (the peer's, or the one behind a signing key) is not acceptable."""
+    """A certificate (the peer's, or the one behind a signing key) is not acceptable.
+
+    ``presented``: the SPIFFE ID the refused certificate carries, when it carries one, for the
+    audit line; never verified, so never an identity to act on."""
 
     reason = Reason.CERT_UNTRUSTED
+
+    def __init__(self, message: str, *, hop: int | None = None,
+                 presented: SpiffeId | None = None) -> None:
+        super().__init__(message, hop=hop)
+        self.presented = presented
 
 
 class CertificateUntrusted(CertificateError):

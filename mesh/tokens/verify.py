@@ -269,7 +269,8 @@ class ChainVerifier:
             self._last_peer = (cert, peer)
         if not peer.not_before <= now < peer.not_after:
             raise CertificateUntrusted(
-                f"the peer {peer.spiffe_id}'s certificate is not valid now (spec 4.1)"
+                f"the peer {peer.spiffe_id}'s certificate is not valid now (spec 4.1)",
+                presented=peer.spiffe_id,
             )
         return peer
 
@@ -291,7 +292,8 @@ class ChainVerifier:
         public_key = cert.public_key()
         if not is_es256_key(public_key):
             raise CertificateUntrusted(
-                f"the peer {sid}'s certificate has {not_es256_reason(public_key)}"
+                f"the peer {sid}'s certificate has {not_es256_reason(public_key)}",
+                presented=sid,
             )
         tp = thumbprint(cert)
         return Peer(

@@ -2,8 +2,10 @@
 
 Fields: ``method``, ``peer``, ``user``, ``chain`` (edge first), ``decision`` (``allow`` or
 ``deny``), ``reason`` (the stable code), ``rule`` (the policy rule, when one decided),
-``verify_us`` (time spent on peer, token and policy checks) and ``service``. Never a token:
-callers hand over identities only, so there is nothing secret to leak.
+``verify_us`` (time spent on peer, token and policy checks) and ``service``; on a line that
+refuses the peer's certificate, also ``presented``: the SPIFFE ID that certificate carries,
+unverified (``peer`` stays null: no identity was established). Never a token: callers hand
+over identities only, so there is nothing secret to leak.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class AuditLog:
 
     def record(self, *, method: str, peer: SpiffeId | None, user: str | None,
                chain: Sequence[SpiffeId], allowed: bool, reason: str, rule: str | None,
-               verify_us: int) -> None:
+               verify_us: int, presented: SpiffeId | None = None) -> None:
         # Building the line costs more than the policy check: skip it when nobody listens.
         if not self._logger.isEnabledFor(logging.INFO):
             return
@@ -51,4 +53,6 @@ class AuditLog:
             "rule": rule,
             "verify_us": verify_us,
         }
+        if presented is not None:
+            line["presented"] = str(presented)
         self._logger.info(json.dumps(line, separators=(",", ":")))

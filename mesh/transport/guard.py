@@ -28,6 +28,7 @@ from mesh.errors import CallRefused
 from mesh.policy import Decision, Policy
 from mesh.tokens.dpop import DpopSettings, ProofVerifier
 from mesh.tokens.errors import (
+    CertificateError,
     CertificateUntrusted,
     TokenMalformed,
     TokenMissing,
@@ -296,7 +297,9 @@ class CallGuard:
         except CallRefused as err:
             self._audit.record(method=method, peer=peer.spiffe_id if peer else None, user=user,
                                chain=(), allowed=False, reason=err.reason, rule=None,
-                               verify_us=(time.perf_counter_ns() - start) // 1000)
+                               verify_us=(time.perf_counter_ns() - start) // 1000,
+                               presented=err.presented if peer is None
+                               and isinstance(err, CertificateError) else None)
             extra = {"hop": str(err.hop)} if err.hop is not None else None
             raise self._reject(method, err.status, str(err), err.reason,
                                extra) from None

@@ -7,6 +7,7 @@ pass when the check under test is what refused the call.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.dpop import DpopClient
 from mesh.policy import Policy, Rule
 from mesh.tokens.signer import TokenSigner
+from mesh.transport.audit import LOGGER_NAME as AUDIT_LOGGER
 from mesh.transport.errors import UserRequiredError
 from mesh.transport.status import error_info
 
@@ -77,7 +79,9 @@ def test_certificate_from_another_ca_fails_the_handshake(mesh: Any, ca_factory: 
     channel.close()
 
 
-def test_revoked_certificate_is_refused_even_on_an_open_connection(mesh: Any) -> None:
+def test_revoked_certificate_is_refused_even_on_an_open_connection(
+        mesh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
     port = mesh.serve("orders", app_policy("gateway"))
     channel = mesh.channel(port, "orders", mesh.identity("gateway"))
     call = channel.unary_unary(UNARY)
@@ -94,6 +98,13 @@ def test_revoked_certificate_is_refused_even_on_an_open_connection(mesh: Any) ->
             break
         time.sleep(0.05)
     assert result == (grpc.StatusCode.UNAUTHENTICATED, "CERT_REVOKED")
+    # The audit names who was refused (unverified, as "presented"), never as the peer.
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert (lines[0]["peer"], lines[0]["decision"]) == (
+        "spiffe://mesh.internal/svc/gateway", "allow")
+    assert "presented" not in lines[0]
+    assert lines[-1]["reason"] == "CERT_REVOKED" and lines[-1]["peer"] is None
+    assert lines[-1]["presented"] == "spiffe://mesh.internal/svc/gateway"
 
 
 def test_stolen_token_replayed_over_another_services_connection(mesh: Any) -> None:
