@@ -20,7 +20,7 @@ from mesh.demo.orchestration.stage import processes_mentioning
 pytestmark = pytest.mark.slow
 
 EXPECTED_STEPS = [
-    "0 CA and SVIDs",
+    "0 CA service and agents",
     "0 six services healthy",
     "1 alice logs in at auth's edge",
     "1 alice places an order",
@@ -37,10 +37,13 @@ EXPECTED_STEPS = [
     "2g captured proof replayed",
     "3 login while auth is down",
     "3 orders while auth is down",
-    "4 orders serves its new cert",
-    "4 calls during the renewal",
-    "5 clean shutdown",
+    "4 every SVID renewed by its agent",
+    "4 calls during the renewals",
+    "5 reporting refused after the eviction",
+    "5 node-a's services unaffected",
+    "6 clean shutdown",
 ]
+RENEWED = ("gateway", "orders", "inventory", "payments", "reporting")
 TD = "spiffe://mesh.internal/svc/"
 
 
@@ -57,13 +60,20 @@ def _audit(state: Path, service: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _ca(state: Path, *args: str) -> str:
+    return subprocess.run([str(Path(sys.executable).parent / "mesh-ca"), *args, "--ca-dir",
+                           str(state / "ca")], capture_output=True, text=True,
+                          check=True).stdout
+
+
 def _assert_nothing_left(state: Path) -> None:
     deadline = time.monotonic() + 10
     while processes_mentioning(state) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_mentioning(state) == []
     pids = json.loads((state / "pids.json").read_text())["children"]
-    assert set(pids) == {"auth", "gateway", "orders", "inventory", "payments", "reporting"}
+    assert set(pids) == {"auth", "gateway", "orders", "inventory", "payments", "reporting",
+                         "ca", "agent-node-a", "agent-node-b"}
     for child in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(child["pid"], 0)
@@ -90,7 +100,10 @@ def test_the_whole_story(tmp_path: Path) -> None:
         "UNAUTHENTICATED DPOP_KEY_MISMATCH at gateway")
     assert observed["2g captured proof replayed"] == "UNAUTHENTICATED DPOP_REPLAYED at gateway"
     assert "sent as it is, without a proof: UNAUTHENTICATED DPOP_MISSING at gateway" in run.stdout
-    assert observed["4 calls during the renewal"].endswith(" succeeded, 0 failed")
+    assert observed["4 every SVID renewed by its agent"].startswith("5 of 5 renewed")
+    assert observed["4 calls during the renewals"].endswith(" succeeded, 0 failed")
+    assert observed["5 reporting refused after the eviction"].startswith(
+        "reporting -> inventory Stock: deny CERT_REVOKED")
 
     # The chain each hop printed comes from the services' audit logs.
     out = run.stdout
@@ -102,7 +115,7 @@ def test_the_whole_story(tmp_path: Path) -> None:
     # Independent evidence, from what the services themselves recorded.
     inventory = _audit(state, "inventory")
     assert any(line["decision"] == "deny" and line["reason"] == "PEER_MISMATCH"
-               and line["peer"] == TD + "reporting" for line in inventory)
+               and line["peer"] == TD + "payments" for line in inventory)
     assert any(line["decision"] == "deny" and line["reason"] == "CHAIN_NOT_ALLOWED"
                and line["chain"] == [TD + "gateway"] and line["user"] == "alice"
                for line in inventory)
@@ -128,11 +141,26 @@ def test_the_whole_story(tmp_path: Path) -> None:
         users = dict(db.execute("SELECT user, COUNT(*) FROM orders GROUP BY user").fetchall())
     assert set(users) == {"alice"} and users["alice"] >= 6
 
-    listed = subprocess.run([str(Path(sys.executable).parent / "mesh-ca"), "list", "--json",
-                             "--ca-dir", str(state / "ca")], capture_output=True, text=True,
-                            check=True)
-    names = [c["name"] for c in json.loads(listed.stdout)["certificates"]]
-    assert names.count("orders") == 2  # the original and the renewal
+    # reporting, once node-b was evicted: refused for its revoked certificate, named in the
+    # audit as presented, not as an established peer
+    assert any(line["decision"] == "deny" and line["reason"] == "CERT_REVOKED"
+               and line["peer"] is None and line["presented"] == TD + "reporting"
+               for line in inventory)
+
+    # Every SVID came from an agent through the CA service's registry, and was renewed there.
+    certs = json.loads(_ca(state, "list", "--json"))["certificates"]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for cert in certs:
+        by_name.setdefault(cert["name"], []).append(cert)
+    for name in RENEWED:
+        assert len(by_name[name]) >= 2, name  # the first SVID and at least one renewal
+    assert {c["node"] for name in RENEWED for c in by_name[name]} == {"node-a", "node-b"}
+    assert all(c["node"] == "node-b" for c in by_name["reporting"])
+    revoked = [c for c in by_name["reporting"] if c["status"] == "revoked"]
+    assert revoked, by_name["reporting"]
+    nodes = json.loads(_ca(state, "nodes", "--json"))["nodes"]
+    assert {n["node"]: n["evicted_at"] is not None for n in nodes} == {
+        "node-a": False, "node-b": True}
 
     _assert_nothing_left(state)
 
@@ -194,7 +222,7 @@ def test_keep_running_then_call_by_hand_then_ctrl_c(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, "".join(lines[-40:]) + rest
-    assert "5 clean shutdown: " in rest and ", 0 left" in rest
+    assert "6 clean shutdown: " in rest and ", 0 left" in rest
     _assert_nothing_left(state)
     # Stopped: nothing tells a caller the mesh is still there.
     assert not (state / "endpoints.json").exists()

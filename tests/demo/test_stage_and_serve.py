@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh.demo.errors import DemoConfigError, UsersFileError
-from mesh.demo.orchestration.stage import MARKER, prepare_state
+from mesh.demo.orchestration.stage import MARKER, prepare_state, processes_mentioning
 from mesh.demo.services.serve import build, parser
 from mesh.policy import PolicyFileError
 
@@ -76,6 +76,39 @@ def test_start_up_refusals(mesh_ca, orders_identity: Path, service: str,  # type
         build(_args(service, orders_identity, mesh_ca.bundle_path, *extra))
 
 
+def test_identity_from_a_folder_or_the_workload_api_never_both(  # type: ignore[no-untyped-def]
+        mesh_ca, orders_identity: Path, tmp_path: Path, capsys) -> None:
+    sock = tmp_path / "agent.sock"
+    with pytest.raises(DemoConfigError, match="the Workload API sends the bundle and the CRL"):
+        build(parser().parse_args(["inventory", "--workload-api", str(sock), "--listen",
+                                   "127.0.0.1:0", "--bundle", str(mesh_ca.bundle_path)]))
+    for argv in (["inventory", "--listen", "127.0.0.1:0"],
+                 ["inventory", "--identity", str(orders_identity), "--workload-api", str(sock),
+                  "--listen", "127.0.0.1:0"]):
+        with pytest.raises(SystemExit) as exited:
+            parser().parse_args(argv)
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "one of the arguments --identity --workload-api is required" in err
+    assert "not allowed with argument --identity" in err
+
+
+def test_a_folder_identity_finds_its_bundle_and_crl_inside(  # type: ignore[no-untyped-def]
+        mesh_ca, tmp_path: Path) -> None:
+    """What `mesh agent --write` keeps: the bundle and CRL beside the SVID, no --bundle."""
+    folder = tmp_path / "ids" / "inventory"
+    mesh_ca.issue("inventory").write_to(folder)
+    (folder / "bundle.spiffe.json").write_bytes(mesh_ca.bundle_path.read_bytes())
+    (folder / "crl.pem").write_bytes(mesh_ca.crl_path.read_bytes())
+    running = build(parser().parse_args(["inventory", "--identity", str(folder), "--listen",
+                                         "127.0.0.1:0"]))
+    try:
+        assert running.spiffe_id == "spiffe://mesh.internal/svc/inventory"
+        assert running.ports["listen"] > 0
+    finally:
+        running.close()
+
+
 def test_auth_needs_a_readable_users_file(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "ids" / "auth"
     mesh_ca.issue("auth").write_to(folder)
@@ -102,3 +135,28 @@ def test_a_bad_policy_file_stops_the_service_with_its_line(mesh_ca, orders_ident
         capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 2
     assert "orders: cannot start: " in run.stderr and "orders.toml:4" in run.stderr
+
+
+def test_leftover_processes_are_found_by_what_they_name_inside_the_state(tmp_path: Path) -> None:
+    """A previous run's services, agents and CA service are found (and only they): the
+    launcher, whose command line names the state folder itself, is not."""
+    state = (tmp_path / "state").resolve()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    argv = {
+        "service": ["--identity", f"{state}/identities/orders"],
+        "agent": ["--write", f"orders={state}/identities/orders"],
+        "socket": ["--workload-api", f"{state}/nodes/node-b/agent.sock"],
+        "ca": ["--ca-dir", f"{state}/ca"],
+        "launcher": ["--state", str(state)],
+        "look-alike": ["--ca-dir", f"{state}/cabbage"],
+    }
+    procs = {name: subprocess.Popen([*sleeper, *args]) for name, args in argv.items()}
+    try:
+        found = set(processes_mentioning(state))
+        assert {name for name, p in procs.items() if p.pid in found} == {
+            "service", "agent", "socket", "ca"}
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    assert not set(processes_mentioning(state)) & {p.pid for p in procs.values()}

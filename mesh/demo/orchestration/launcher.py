@@ -1,8 +1,9 @@
 """The demo launcher: ``python -m mesh.demo.orchestration.launcher`` (what ``./scripts/demo`` runs).
 
-Builds a fresh mesh in ``--state`` (default ``./demo-state``): a CA through ``mesh-ca`` and
-``ca-issue``, one SVID per service, the six services as processes on 127.0.0.1, each
-health-checked over mutual TLS; then tells the story (:mod:`mesh.demo.orchestration.story`),
+Builds a fresh mesh in ``--state`` (default ``./demo-state``): a CA through ``mesh-ca``, served
+by ``mesh-ca serve`` to two node agents (``mesh agent``) that obtain and renew every service's
+SVID, the six services as processes on 127.0.0.1, each health-checked over mutual TLS; then
+tells the story (:mod:`mesh.demo.orchestration.story`),
 prints a summary table and stops every process it started, also on Ctrl-C, SIGTERM or a failed
 step. Exit code: 0 when every step went as expected, 1 when one did not, 2 for bad arguments
 or a state folder in use by another launcher, 130 on Ctrl-C.
@@ -27,12 +28,17 @@ from mesh.cliutil import ArgumentParser
 from mesh.demo.errors import DemoConfigError
 from mesh.demo.orchestration.procs import Supervisor
 from mesh.demo.orchestration.stage import (
+    NODES,
     OPERATOR,
+    SVID_TTL,
+    TTL,
     USERS,
+    VIA_WORKLOAD_API,
     Stage,
     claim_state,
     processes_mentioning,
 )
+from mesh.demo.orchestration.stage import rel_path as _rel
 from mesh.demo.orchestration.story import Out, Report, Story
 from mesh.demo.services import SERVICES
 
@@ -42,7 +48,8 @@ DEFAULT_STATE = "demo-state"
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m mesh.demo.orchestration.launcher",
-        description="Run the meshid demo: a CA, six services on loopback, and the story.\n"
+        description="Run the meshid demo: a CA service, two node agents, six services on "
+        "loopback, and the story.\n"
         "./scripts/demo runs this, passing its arguments on.")
     p.add_argument("--state", default=DEFAULT_STATE, type=Path,
                    help=f"state folder, emptied on every run; one launcher at a time may use it "
@@ -53,18 +60,47 @@ def parser() -> argparse.ArgumentParser:
 
 
 def set_up(stage: Stage, out: Out, report: Report) -> None:
-    out.section("0. Set-up: a CA, one SVID per service, six services on loopback")
+    out.section("0. Set-up: a CA service, two node agents, six services on loopback")
     started = time.monotonic()
-    out.line("$ mesh-ca init --ca-dir " + _rel(stage.ca_dir), 2)
+    ca_dir = _rel(stage.ca_dir)
+    out.line(f"$ mesh-ca init --ca-dir {ca_dir}", 2)
     out.line(stage.init_ca().rstrip(), 4)
-    names = [*SERVICES, OPERATOR]
-    out.line(f"$ ca-issue {' '.join(names)} --ca-dir {_rel(stage.ca_dir)} --out "
-             f"{_rel(stage.ids)}", 2)
+    out.line(f"$ ca-issue {OPERATOR} --ca-dir {ca_dir} --out {_rel(stage.ids)}", 2)
     out.line(f"({OPERATOR} is the launcher's own identity, for health checks and the staged "
              "attacks)", 4)
-    stage.issue(names)
-    out.line(f"$ mesh-ca list --ca-dir {_rel(stage.ca_dir)}", 2)
-    out.line(stage.ca_list().rstrip(), 4)
+    stage.issue([OPERATOR])
+    ca = stage.start_ca_service()
+    out.line(f"$ mesh-ca serve --ca-dir {ca_dir} --listen 127.0.0.1:0", 2)
+    out.line(f"pid {ca.pid}: agent port (mutual TLS) {ca.agent}, attestation port (server "
+             f"TLS) {ca.attest}", 4)
+    out.line(f"root fingerprint (SHA-256) {ca.fingerprint}: each agent pins it", 4)
+    for node, services in NODES.items():
+        for service in services:
+            out.line(f"$ mesh-ca register {service} --node {node} --uid {os.getuid()} --ttl "
+                     f"{TTL.get(service, SVID_TTL)}"
+                     + (" --allow-short-ttl" if service not in TTL else ""), 2)
+            stage.register(service, node)
+    out.line(f"SVIDs live {SVID_TTL}, so their renewals happen during the story; auth's live "
+             "1h: it signs user tokens for 15 minutes, and a token never outlives the "
+             "certificate that signed it", 4)
+    for node, services in NODES.items():
+        token = stage.join_token(node)
+        out.line(f"$ mesh-ca join-token {node}   (a one-time token, handed to the agent in "
+                 "its environment)", 2)
+        out.line("$ mesh " + _shown(stage.agent_argv(node)[1:], ca.fingerprint), 2)
+        stage.start_agent(node, token)
+        folders = [s for s in services if s not in VIA_WORKLOAD_API]
+        via_api = [s for s in services if s in VIA_WORKLOAD_API]
+        what = []
+        if folders:
+            what.append(f"keeps a folder for {', '.join(folders)} in {_rel(stage.ids)}/")
+        if via_api:
+            what.append(f"serves {', '.join(via_api)} on the Workload API at "
+                        f"{_rel(stage.socket(node))}")
+        out.line(f"pid {stage.sup.get(f'agent-{node}').pid}: attested as "
+                 f"spiffe://{stage.td.name}/agent/{node}; {'; '.join(what)}", 4)
+    out.line(f"$ mesh-ca nodes --ca-dir {ca_dir}", 2)
+    out.line(stage.nodes_table().rstrip(), 4)
     sample = stage.ids / "orders" / "svid.pem"
     out.line(f"$ mesh-ca inspect --leaf {_rel(sample)}", 2)
     out.line(stage.run_tool("mesh-ca", "inspect", "--leaf", str(sample)).rstrip(), 4)
@@ -72,25 +108,35 @@ def set_up(stage: Stage, out: Out, report: Report) -> None:
     out.line("demo users (users.json holds scrypt hashes only): "
              + ", ".join(f"{u.username} / {u.password} (scope {' '.join(u.scope)})"
                          for u in USERS), 2)
-    out.result(report.add("0 CA and SVIDs", "mesh-ca init, ca-issue",
-                          f"{len(names)} X.509-SVIDs in {_rel(stage.ids)}", True))
+    issued = stage.issuing_nodes()
+    wrong = {s: issued.get(s, set()) for node, services in NODES.items() for s in services
+             if issued.get(s) != {node}}
+    out.result(report.add(
+        "0 CA service and agents", "every service's SVID issued through its node's agent",
+        f"{len(SERVICES) - len(wrong)} of {len(SERVICES)} services' SVIDs issued through "
+        f"{len(NODES)} agents ({len(VIA_WORKLOAD_API)} read through the Workload API)"
+        + (f"; not as expected: {wrong}" if wrong else ""), not wrong))
     stage.start_all()
     out.line("services, each its own process, each health-checked over mutual TLS:", 2)
     for name in SERVICES:
         ep = stage.endpoints[name]
         edge = f"edge (server TLS) {ep.edge}" if ep.edge else ""
-        out.line(f"{name:<10} pid {ep.pid:<7} mTLS {ep.listen:<16} {edge}", 4)
+        node = next(n for n, services in NODES.items() if name in services)
+        out.line(f"{name:<10} {node}  pid {ep.pid:<7} mTLS {ep.listen:<16} {edge}", 4)
     row = report.add("0 six services healthy",
                      "grpc.health.v1 SERVING", f"all SERVING after "
                      f"{time.monotonic() - started:.1f} s", True)
     out.result(row)
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def _shown(argv: list[str], fingerprint: str) -> str:
+    """A command line as printed: paths relative to here, the fingerprint shortened."""
+    words = []
+    for arg in argv:
+        name, sep, value = arg.rpartition("=")
+        word = f"{name}{sep}{_rel(Path(value))}" if value.startswith("/") else arg
+        words.append(word.replace(fingerprint, fingerprint[:12] + "..."))
+    return " ".join(words)
 
 
 def keep_running(stage: Stage, out: Out) -> None:
@@ -103,6 +149,9 @@ def keep_running(stage: Stage, out: Out) -> None:
     mesh = _rel(Path(sys.executable).parent / "mesh")
     out.line(textwrap.dedent(f"""\
         endpoints: {_rel(endpoints)}; audit logs: {state}/logs/*.audit.jsonl
+        node-a's agent keeps renewing its services' SVIDs; to see them:
+          {mesh} agent status --socket {_rel(stage.socket("node-a"))}
+        node-b stays evicted: inventory refuses reporting, the demo's other calls work
         call it from another terminal (password: see the set-up above, or --password):
           {mesh} demo call --state {state} --user alice order coffee-beans=2 mug=1
           {mesh} demo call --state {state} --user alice list
@@ -120,10 +169,10 @@ def shut_down(stage: Stage, out: Out, report: Report) -> None:
     # Stop first, print after: output can fail (a closed pipe), stopping must not.
     children = stage.sup.children()
     stage.sup.stop_all()
-    out.section("5. Shutdown")
+    out.section("6. Shutdown")
     alive = [c.name for c in children if c.alive()]
     strays = processes_mentioning(stage.state)
-    row = report.add("5 clean shutdown", "no process left",
+    row = report.add("6 clean shutdown", "no process left",
                      f"{len(children)} processes started, {len(alive) + len(strays)} left"
                      + (f": {alive or strays}" if alive or strays else ""),
                      not alive and not strays)
@@ -187,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: error: cannot use the state folder {state}: {err.strerror or err}",
               file=sys.stderr)
         return 2
-    out.line(f"meshid demo: six services on 127.0.0.1, state in {_rel(state)} "
+    out.line(f"meshid demo: a CA service, two node agents and six services on 127.0.0.1, "
+             f"state in {_rel(state)} "
              f"(launcher pid {os.getpid()})")
     supervisor = Supervisor(state)
     supervisor.install_handlers()
@@ -205,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         story.login_and_order()
         story.attacks()
         story.auth_down()
-        story.renewal_under_traffic()
+        story.renewals_under_traffic()
+        story.node_evicted()
         if args.keep_running:
             if report.all_ok:
                 keep_running(stage, out)

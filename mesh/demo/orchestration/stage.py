@@ -1,18 +1,27 @@
-"""The demo's stage: a fresh state folder, a CA run through its own commands, an SVID for every
-service, the demo users, and the six services as processes on loopback, health-checked over
-mutual TLS.
+"""The demo's stage: a fresh state folder, a CA run through its own commands and served to two
+node agents, the services' SVIDs obtained and renewed by those agents, the demo users, and the
+six services as processes on loopback, health-checked over mutual TLS.
 
-``mesh`` never imports ``ca``: the CA is driven as the README drives it, with ``mesh-ca`` and
-``ca-issue`` from the same environment, as subprocesses.
+``mesh`` never imports ``ca``: the CA is driven as the README drives it, with ``mesh-ca``,
+``ca-issue`` and ``mesh agent`` from the same environment, as subprocesses.
+
+Two "nodes" share this host: node-a's agent keeps a spiffe-helper folder per service
+(``--write``); node-b's service reads its identity from node-b's SPIFFE Workload API socket.
+The launcher's own identity (``operator``: health checks, TLS probes, the staged attacks) is
+issued with ``ca-issue``, the way an operator's would be.
 
 State folder layout::
 
     ca/                 the CA (keys, registry, bundle.spiffe.json, crl.pem)
-    identities/NAME/    svid.pem, svid_key.pem, svid_bundle.pem of each service
+    identities/NAME/    svid.pem, svid_key.pem, svid_bundle.pem, bundle.spiffe.json, crl.pem of
+                        each service, kept current by its node's agent (the operator's by
+                        ca-issue)
+    nodes/NODE/         an agent's state folder (state/) and Workload API socket (agent.sock)
     users.json          demo users (scrypt hashes only)
     data/NAME/          a service's own state (orders.sqlite)
-    logs/NAME.log       a service's output; logs/NAME.audit.jsonl its authorization decisions
-    ready/NAME.json     written by a service once it listens
+    logs/NAME.log       a process's output; logs/NAME.audit.jsonl a service's authorization
+                        decisions
+    ready/NAME.json     written by a service (or the CA service) once it listens
     endpoints.json      where to call the mesh from outside (for ``mesh demo call``), while
                         a mesh is kept running
     pids.json           the launcher's children
@@ -49,9 +58,9 @@ from mesh.transport.credentials import channel_credentials
 MARKER = ".meshid-demo-state"
 # What a demo leaves in its state folder (scripts/ca_demo.py, the CA-only demo, too): a folder
 # holding only these may be emptied even without the marker.
-_DEMO_ENTRIES = frozenset({MARKER, "ca", "svids", "identities", "users.json", "data", "logs",
-                           "ready", "endpoints.json", "pids.json", "pids.tmp", "summary.json",
-                           LOCK_FILE})
+_DEMO_ENTRIES = frozenset({MARKER, "ca", "svids", "identities", "nodes", "users.json", "data",
+                           "logs", "ready", "endpoints.json", "pids.json", "pids.tmp",
+                           "summary.json", LOCK_FILE})
 ENDPOINTS_FILE = "endpoints.json"
 OPERATOR = "operator"  # the launcher's own identity: health checks and the staged attacks
 # Started in waves: a service is started once the services it calls listen.
@@ -62,6 +71,18 @@ WAVES: tuple[tuple[str, ...], ...] = (
 )
 CALLS = {"gateway": ("orders",), "orders": ("inventory", "payments"), "reporting": ("inventory",)}
 EDGE = ("auth", "gateway")
+# Which node runs which service. node-a's agent writes each service a folder; node-b's service
+# asks node-b's agent over the Workload API.
+NODES: dict[str, tuple[str, ...]] = {
+    "node-a": ("auth", "gateway", "orders", "inventory", "payments"),
+    "node-b": ("reporting",),
+}
+VIA_WORKLOAD_API = frozenset({"reporting"})
+# Short lives, so that renewals happen during the story: the agent renews at about a third of
+# the life. auth signs user tokens for 15 minutes and a token never outlives the certificate
+# that signed it (spec 3.3), so auth's SVIDs live longer than its tokens.
+SVID_TTL = "20s"
+TTL = {"auth": "1h"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +107,16 @@ class StageError(DemoError):
 
 
 @dataclass(frozen=True, slots=True)
+class CaService:
+    """Where ``mesh-ca serve`` listens (from its ready file)."""
+
+    agent: str
+    attest: str
+    fingerprint: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     service: str
     listen: str
@@ -102,6 +133,14 @@ def _tool(name: str) -> str:
     if found is None:
         raise StageError(f"{name} is not installed: run ./scripts/demo (it installs the project)")
     return found
+
+
+def rel_path(path: Path) -> str:
+    """``path`` as printed: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _check_folder(state: Path) -> None:
@@ -165,9 +204,12 @@ def _stop_leftovers(state: Path) -> None:
 
 
 def processes_mentioning(state: Path) -> list[int]:
-    """Live processes whose command line names the identities folder of ``state``: the demo's
-    services (the launcher and its parents name only ``state`` itself)."""
-    needle = str(state.resolve() / "identities").encode()
+    """Live processes with an argument inside ``state``'s identities, nodes or CA folder: the
+    demo's services, agents and CA service (the launcher and its parents name only ``state``
+    itself, so they are never among them)."""
+    root = state.resolve()
+    inside = (f"{root / 'identities'}/".encode(), f"{root / 'nodes'}/".encode())
+    exact = str(root / "ca").encode()
     found = []
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -177,8 +219,10 @@ def processes_mentioning(state: Path) -> list[int]:
             status = (entry / "stat").read_text()
         except OSError:
             continue
+        args = [arg.split(b"=", 1)[-1] for arg in cmdline.split(b"\0")]
+        mentions = any(arg == exact or arg.startswith(inside) for arg in args)
         # A zombie is already dead; it only waits for its parent to collect it.
-        if needle in cmdline and status.rsplit(")", 1)[-1].split()[0] != "Z":
+        if mentions and status.rsplit(")", 1)[-1].split()[0] != "Z":
             found.append(int(entry.name))
     return found
 
@@ -194,7 +238,9 @@ class Stage:
         self.ca_dir = self.state / "ca"
         self.ids = self.state / "identities"
         self.users_file = self.state / "users.json"
+        self.nodes = self.state / "nodes"
         self.endpoints: dict[str, Endpoint] = {}
+        self.ca_service: CaService | None = None
 
     # -- the CA, through its commands ----------------------------------------------------------
 
@@ -214,9 +260,79 @@ class Stage:
         return self.run_tool("ca-issue", *names, "--ca-dir", str(self.ca_dir),
                              "--out", str(self.ids))
 
-    def renew(self, name: str) -> str:
-        return self.run_tool("mesh-ca", "renew", name, "--ca-dir", str(self.ca_dir),
-                             "--out", str(self.ids))
+    def start_ca_service(self, *, timeout: float = 30.0) -> CaService:
+        """``mesh-ca serve`` on two free loopback ports, supervised like the services."""
+        ready = self.state / "ready" / "ca.json"
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.unlink(missing_ok=True)
+        child = self.sup.start("ca", [_tool("mesh-ca"), "serve", "--ca-dir", str(self.ca_dir),
+                                      "--listen", "127.0.0.1:0", "--ready-file", str(ready)])
+        doc = wait_for_file(ready, child, timeout=timeout)
+        self.ca_service = CaService(doc["agent_address"], doc["attest_address"],
+                                    doc["root_fingerprint"], child.pid)
+        return self.ca_service
+
+    def join_token(self, node: str) -> str:
+        """A one-time join token for ``node`` (``mesh-ca join-token`` prints it alone)."""
+        return self.run_tool("mesh-ca", "join-token", node, "--ca-dir", str(self.ca_dir)).strip()
+
+    def register(self, service: str, node: str) -> str:
+        return self.run_tool("mesh-ca", "register", service, "--node", node,
+                             "--uid", str(os.getuid()), "--ttl", TTL.get(service, SVID_TTL),
+                             "--allow-short-ttl", "--ca-dir", str(self.ca_dir))
+
+    def socket(self, node: str) -> Path:
+        return self.nodes / node / "agent.sock"
+
+    def agent_argv(self, node: str) -> list[str]:
+        if self.ca_service is None:
+            raise StageError("the CA service is not running")
+        argv = [_tool("mesh"), "agent", "--ca", self.ca_service.agent,
+                "--ca-attest", self.ca_service.attest,
+                "--ca-fingerprint", self.ca_service.fingerprint, "--node", node,
+                "--state", str(self.nodes / node / "state"), "--socket", str(self.socket(node)),
+                "--sync-interval", "5", "--retry-max", "2"]
+        for service in NODES[node]:
+            if service not in VIA_WORKLOAD_API:
+                argv += ["--write", f"{service}={self.ids / service}"]
+        return argv
+
+    def start_agent(self, node: str, token: str, *, timeout: float = 30.0) -> None:
+        """Start ``node``'s agent (the join token goes in its environment, not on its command
+        line, which every local user can read), and wait until it serves: its socket answers
+        and every folder it keeps holds an SVID."""
+        env = {**os.environ, "MESH_AGENT_JOIN_TOKEN": token}
+        child = self.sup.start(f"agent-{node}", self.agent_argv(node), env=env)
+        wanted = [self.socket(node)] + [self.ids / s / "svid.pem" for s in NODES[node]
+                                        if s not in VIA_WORKLOAD_API]
+        deadline = time.monotonic() + timeout
+        while not all(path.exists() for path in wanted):
+            if not child.alive() or time.monotonic() > deadline:
+                missing = ", ".join(str(p) for p in wanted if not p.exists())
+                state = (f"exited with code {child.popen.returncode}" if not child.alive()
+                         else f"not ready after {timeout:.0f} s")
+                raise StageError(f"the agent of {node} {state} (missing: {missing}); last lines "
+                                 f"of {child.log_path}:\n{child.log_tail()}")
+            time.sleep(0.05)
+
+    def agent_status(self, node: str) -> str:
+        return self.run_tool("mesh", "agent", "status", "--socket", str(self.socket(node)))
+
+    def evict(self, node: str) -> str:
+        return self.run_tool("mesh-ca", "evict", node, "--ca-dir", str(self.ca_dir))
+
+    def issuing_nodes(self) -> dict[str, set[str | None]]:
+        """For each name in the CA's registry, the nodes its valid certificates were issued
+        through (None: by ``ca-issue`` on the CA's host)."""
+        doc = json.loads(self.run_tool("mesh-ca", "list", "--json", "--ca-dir", str(self.ca_dir)))
+        found: dict[str, set[str | None]] = {}
+        for cert in doc["certificates"]:
+            if cert["status"] == "valid":
+                found.setdefault(cert["name"], set()).add(cert["node"])
+        return found
+
+    def nodes_table(self) -> str:
+        return self.run_tool("mesh-ca", "nodes", "--ca-dir", str(self.ca_dir))
 
     def ca_list(self) -> str:
         return self.run_tool("mesh-ca", "list", "--ca-dir", str(self.ca_dir))
@@ -229,7 +345,13 @@ class Stage:
     # -- identities and files ------------------------------------------------------------------
 
     def svid(self, name: str) -> Svid:
+        """``name``'s SVID from its folder; one generation of the agent's folder (the
+        ``.current`` link resolved once), so the key always matches the certificate."""
+        if name in VIA_WORKLOAD_API:
+            raise StageError(f"{name} reads its SVID from the Workload API; it has no folder")
         folder = self.ids / name
+        if (folder / ".current").is_symlink():
+            folder = (folder / ".current").resolve()
         return StaticSvid.from_pem((folder / "svid.pem").read_bytes(),
                                    (folder / "svid_key.pem").read_bytes(),
                                    (folder / "svid_bundle.pem").read_bytes()).current()
@@ -259,12 +381,14 @@ class Stage:
     # -- services ------------------------------------------------------------------------------
 
     def argv(self, name: str) -> list[str]:
-        argv = [
-            sys.executable, "-m", "mesh.demo", name,
-            "--identity", str(self.ids / name),
+        argv = [sys.executable, "-m", "mesh.demo", name]
+        if name in VIA_WORKLOAD_API:
+            node = next(n for n, services in NODES.items() if name in services)
+            argv += ["--workload-api", str(self.socket(node))]
+        else:
+            argv += ["--identity", str(self.ids / name)]
+        argv += [
             "--listen", "127.0.0.1:0",
-            "--bundle", str(self.ca_dir / "bundle.spiffe.json"),
-            "--crl", str(self.ca_dir / "crl.pem"),
             "--audit-log", str(self.audit_file(name)),
             "--ready-file", str(self.state / "ready" / f"{name}.json"),
             "--data", str(self.state / "data" / name),

@@ -5,7 +5,8 @@
 2. Attacks, live, each refused for its own reason; among them a user token lifted by a
    compromised service and replayed at the edge, and a captured DPoP proof replayed.
 3. auth is stopped; the logged-in user keeps ordering (no per-call dependency on auth).
-4. One service's certificate is renewed under traffic; no call fails.
+4. The agents renew every short-lived SVID by themselves while orders flow; no call fails.
+5. node-b is evicted at the CA: its service's certificate is revoked, and inventory refuses it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import grpc
-from cryptography import x509
 
 from mesh.demo.client import stubs as client
-from mesh.demo.orchestration.stage import USERS, Stage
+from mesh.demo.orchestration.stage import NODES, SVID_TTL, TTL, USERS, Stage
+from mesh.demo.orchestration.stage import rel_path as _rel
+from mesh.demo.services import SERVICES
 from mesh.demo.services.gateway import PLACE_ORDER
 from mesh.demo.v1 import (
     gateway_pb2,
@@ -311,7 +313,7 @@ class Story:
         with self.guarded("stolen token replayed", "refused: not the peer's token"):
             hop1 = self.signer("gateway").app_asserted_token(token, td.service("orders"))
             stolen = self.signer("orders").app_asserted_token(hop1, td.service("inventory"))
-            out.line("a) a token orders sent to inventory (alice's chain), replayed by reporting",
+            out.line("a) a token orders sent to inventory (alice's chain), replayed by payments",
                      2)
             out.line(f"the token nests 3 signatures (auth, gateway, orders): {len(token)} B -> "
                      f"{len(hop1)} B -> {len(stolen)} B", 5)
@@ -320,7 +322,7 @@ class Story:
                      f"(reservation {control.reservation_id})", 5)
             self.expect_failure("2a stolen token replayed",
                                 Expect("UNAUTHENTICATED", "PEER_MISMATCH", "inventory"),
-                                lambda: reserve_as("reporting", stolen))
+                                lambda: reserve_as("payments", stolen))
 
         # b) The gateway (or anyone holding its key) calls inventory directly, skipping orders,
         # with alice's real token correctly wrapped: the chain is wrong, so the policy refuses.
@@ -471,47 +473,104 @@ class Story:
 
     # -- 4 -------------------------------------------------------------------------------------
 
-    def renewal_under_traffic(self, service: str = "orders") -> None:
-        self.out.section(f"4. The certificate of {service} is renewed while traffic flows")
+    def renewals_under_traffic(self) -> None:
+        """Every service with a short-lived SVID serves a new certificate, renewed by its
+        node's agent, while alice's orders flow; no call fails."""
+        stage = self.stage
+        self.out.section(f"4. The agents renew every {SVID_TTL} SVID by themselves, under "
+                         "traffic")
         token = self.tokens.get("alice")
         if token is None:
-            self.check("renewal under traffic", "traffic keeps flowing", "no token", False)
+            self.check("4 renewals under traffic", "traffic keeps flowing", "no token", False)
             return
+        watched = [s for s in SERVICES if s in stage.endpoints and s not in TTL]
         traffic = _Traffic(self, token, self.keys["alice"])
-        with self.guarded("renewal under traffic", "no failed call"):
-            before = self.stage.served_certificate(service)
+        with self.guarded("4 renewals under traffic", "no failed call"):
+            self.out.line("$ mesh agent status --socket " + _rel(stage.socket("node-a")), 2)
+            self.out.line(stage.agent_status("node-a").rstrip(), 4)
+            first = {s: stage.served_certificate(s).serial_number for s in watched}
             traffic.start()
-            time.sleep(1.0)
-            self.out.line(f"{service} serves serial {format_serial(before.serial_number)}; traffic "
-                          f"running ({traffic.ok} calls so far)", 2)
-            self.out.line(self.stage.renew(service).strip(), 2)
-            new = x509.load_pem_x509_certificate(
-                (self.stage.ids / service / "svid.pem").read_bytes())
-            served = self._wait_served(service, new.serial_number, timeout=20)
-            time.sleep(1.5)  # keep the traffic on the new certificate for a while
+            self.out.line(f"traffic running; watching the certificate each of "
+                          f"{', '.join(watched)} serves to new connections", 2)
+            served = self._wait_renewed(first, timeout=40)
+            time.sleep(1.0)  # keep the traffic on the new certificates for a while
             traffic.stop()
-            self.out.line(f"{service} now serves serial {format_serial(served)} to new "
-                          "connections", 2)
-            self.check(f"4 {service} serves its new cert",
-                       "new serial served",
-                       f"{format_serial(before.serial_number)} -> {format_serial(served)}",
-                       served == new.serial_number != before.serial_number)
+            for service in watched:
+                serials = served[service]
+                self.out.line(f"{service:<10} " + " -> ".join(format_serial(n)[:12] + "..."
+                                                              for n in serials), 4)
+            renewed = [s for s in watched if len(served[s]) > 1]
+            self.check("4 every SVID renewed by its agent",
+                       f"{len(watched)} services serve a new certificate",
+                       f"{len(renewed)} of {len(watched)} renewed, "
+                       f"{sum(len(v) - 1 for v in served.values())} renewals seen; no command "
+                       "was run", len(renewed) == len(watched))
             failed = traffic.failures
-            self.check("4 calls during the renewal",
+            self.check("4 calls during the renewals",
                        "all succeed", f"{traffic.ok} succeeded, {len(failed)} failed"
                        + (f" (first: {failed[0]})" if failed else ""),
                        traffic.ok > 0 and not failed)
         traffic.stop()
 
-    def _wait_served(self, service: str, serial: int, *, timeout: float) -> int:
+    def _wait_renewed(self, first: dict[str, int], *, timeout: float) -> dict[str, list[int]]:
+        """The serials each service served, probed until every one changed once."""
+        seen = {service: [serial] for service, serial in first.items()}
         deadline = time.monotonic() + timeout
-        current = 0
         while time.monotonic() < deadline:
-            current = self.stage.served_certificate(service).serial_number
-            if current == serial:
-                return current
+            for service, serials in seen.items():
+                current = self.stage.served_certificate(service).serial_number
+                if current != serials[-1]:
+                    serials.append(current)
+            if all(len(serials) > 1 for serials in seen.values()):
+                break
             time.sleep(0.2)
-        return current
+        return seen
+
+    # -- 5 -------------------------------------------------------------------------------------
+
+    def node_evicted(self, node: str = "node-b") -> None:
+        """``mesh-ca evict`` revokes the node's agent and every SVID issued through it; the
+        new CRL reaches the other node's agent, and inventory refuses the evicted service."""
+        stage = self.stage
+        victims = NODES[node]
+        self.out.section(f"5. {node} is evicted while {', '.join(victims)} runs there")
+        with self.guarded(f"5 {node} evicted", "its service refused"):
+            start = len(stage.audit("inventory"))
+            self.out.line(f"$ mesh-ca evict {node} --ca-dir {_rel(stage.ca_dir)}", 2)
+            self.out.line(stage.evict(node).rstrip(), 4)
+            evicted_at = time.monotonic()
+            refused = self._wait_refused("inventory", start, victims, timeout=20)
+            took = time.monotonic() - evicted_at
+            line = refused or {}
+            self.check(f"5 {', '.join(victims)} refused after the eviction",
+                       "inventory refuses it: CERT_REVOKED",
+                       f"{_short(line.get('presented'))} -> inventory "
+                       f"{str(line.get('method', '?')).rsplit('/', 1)[-1]}: "
+                       f"{line.get('decision', 'no refusal seen')} {line.get('reason', '')}, "
+                       f"{took:.1f} s after the eviction (the CRL travelled CA -> node-a's "
+                       "agent -> inventory's folder)",
+                       refused is not None and line.get("reason") == "CERT_REVOKED")
+            agent = stage.sup.get(f"agent-{node}")
+            self.out.line(f"{node}'s agent: " + (
+                f"exited with code {agent.popen.returncode}" if not agent.alive()
+                else "still running, its renewals refused"), 2)
+            with self.edge("gateway", self.keys["alice"]) as gw:
+                order = client.place_order(gw, self.tokens["alice"], [("mug", 1)])
+            self.check("5 node-a's services unaffected", "an order succeeds",
+                       client.describe_order(order), order.user == "alice")
+
+    def _wait_refused(self, service: str, start: int, peers: tuple[str, ...], *,
+                      timeout: float) -> dict[str, Any] | None:
+        """The first audit line of ``service`` after ``start`` that denies one of ``peers``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.stage.audit(service)[start:]:
+                # A refused certificate establishes no peer: its SPIFFE ID is "presented".
+                who = _short(line.get("peer") or line.get("presented"))
+                if line.get("decision") == "deny" and who in peers:
+                    return line
+            time.sleep(0.2)
+        return None
 
 
 class _Traffic:

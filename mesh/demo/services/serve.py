@@ -1,7 +1,9 @@
 """Run one demo service: ``python -m mesh.demo SERVICE --identity DIR --listen ADDR ...``.
 
-The service reads its X.509-SVID from ``--identity`` (spiffe-helper files, reloaded when they
-change), the trust bundle from ``--bundle`` (and ``--crl``), its policy from the TOML file beside
+The service reads its X.509-SVID and trust bundle either from ``--identity`` (a spiffe-helper
+folder, as ``mesh agent --write`` or ``ca-issue`` make it, reloaded when it changes; ``--bundle``
+and ``--crl`` may name the bundle files elsewhere) or from a SPIFFE Workload API socket
+(``--workload-api``, what ``mesh agent --socket`` serves), its policy from the TOML file beside
 its code (or ``--policy``), and finds the services it calls with ``--peer NAME=ADDR``. Every
 authorization decision goes to ``--audit-log`` as one JSON line. When it listens, it writes
 ``--ready-file`` (JSON: ports, SPIFFE ID, pid); it stops cleanly on SIGTERM or SIGINT.
@@ -106,17 +108,24 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m mesh.demo",
                        description="Run one service of the meshid demo mesh.")
     p.add_argument("service", choices=SERVICES, help="the service to run")
-    p.add_argument("--identity", required=True, type=Path,
-                   help="folder with svid.pem, svid_key.pem, svid_bundle.pem (required)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--identity", type=Path, metavar="DIR",
+                        help="folder with svid.pem, svid_key.pem, svid_bundle.pem, "
+                        "bundle.spiffe.json and crl.pem (this or --workload-api is required)")
+    source.add_argument("--workload-api", type=Path, metavar="SOCKET",
+                        help="the SPIFFE Workload API socket of this host's agent")
     p.add_argument("--listen", required=True, type=_listen, metavar="HOST:PORT",
                    help="mutual-TLS address, port 0 for any free one, e.g. 127.0.0.1:0 "
                    "(required)")
     p.add_argument("--edge-listen", type=_listen, metavar="HOST:PORT",
                    help="server-TLS edge address (auth and gateway only; required there, "
                    "default: none)")
-    p.add_argument("--bundle", required=True, type=Path, help="bundle.spiffe.json (required)")
+    p.add_argument("--bundle", type=Path,
+                   help="bundle.spiffe.json, with --identity only (default: the one in the "
+                   "--identity folder)")
     p.add_argument("--crl", type=Path,
-                   help="crl.pem of the CA (default: crl.pem in the --identity folder)")
+                   help="crl.pem of the CA, with --identity only (default: crl.pem in the "
+                   "--identity folder)")
     p.add_argument("--policy", type=Path, help="policy TOML (default: the one shipped)")
     p.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
                    help="address of a service this one calls, repeatable (default: none)")
@@ -158,6 +167,9 @@ def build(args: argparse.Namespace) -> Running:
         raise DemoConfigError(f"{service} serves users: pass --edge-listen ADDR")
     if service not in EDGE_SERVICES and args.edge_listen:
         raise DemoConfigError(f"{service} has no edge port; drop --edge-listen")
+    if args.workload_api is not None and (args.bundle or args.crl):
+        raise DemoConfigError("the Workload API sends the bundle and the CRL; drop --bundle "
+                              "and --crl")
 
     running = Running()
     try:
@@ -170,13 +182,17 @@ def build(args: argparse.Namespace) -> Running:
 
 def _start(args: argparse.Namespace, running: Running, peers: dict[str, str]) -> None:
     service: str = args.service
-    workload = Workload.from_folder(args.identity, bundle=args.bundle, crl=args.crl)
+    if args.workload_api is not None:
+        workload = Workload.from_workload_api(args.workload_api)
+        where = f"the Workload API on {args.workload_api}"
+    else:
+        workload = Workload.from_folder(args.identity, bundle=args.bundle, crl=args.crl)
+        where = str(args.identity)
     running.stoppers.append(workload.close)
     own: SpiffeId = workload.spiffe_id
     running.spiffe_id = str(own)
     if own.service_name != service:
-        raise DemoConfigError(f"the identity in {args.identity} is {own}, not the {service} "
-                              "service")
+        raise DemoConfigError(f"the identity from {where} is {own}, not the {service} service")
     td = own.trust_domain
     policy = load_service_policy(service, td, args.policy)
 
