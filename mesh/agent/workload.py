@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from mesh.agent.model import TrustState
 from mesh.agent.store import IdentityStore
 from mesh.errors import Reason
 from mesh.transport.status import rejection
@@ -136,12 +137,11 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def _bundles_key(self) -> str:
         return f"spiffe://{self._store.trust_domain}"
 
-    async def FetchX509Bundles(
-        self,
-        request: workload_pb2.X509BundlesRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
-        method = "FetchX509Bundles"
+    async def _trust_changes(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> AsyncIterator[TrustState]:
+        """The trust state now and at every change of its sequence, while the caller's uid
+        stays entitled (refused with WORKLOAD_UNKNOWN once it is not)."""
         uid = await self._admit(context, method)
         last = -1
         while True:
@@ -154,33 +154,26 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             trust = self._store.trust
             if trust is not None and trust.sequence != last:
                 last = trust.sequence
-                yield workload_pb2.X509BundlesResponse(
-                    bundles={self._bundles_key(): trust.roots_der}, crl=trust.crls_der()
-                )
+                yield trust
             await self._store.wait_change(seen)
+
+    async def FetchX509Bundles(
+        self,
+        request: workload_pb2.X509BundlesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
+        async for trust in self._trust_changes(context, "FetchX509Bundles"):
+            yield workload_pb2.X509BundlesResponse(
+                bundles={self._bundles_key(): trust.roots_der}, crl=trust.crls_der()
+            )
 
     # --- JWT ------------------------------------------------------------------------------
 
     async def FetchJWTBundles(
         self, request: workload_pb2.JWTBundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
-        method = "FetchJWTBundles"
-        uid = await self._admit(context, method)
-        last = -1
-        while True:
-            seen = self._store.version
-            if not self._store.entitled(uid):
-                await _refuse(
-                    context, Reason.WORKLOAD_UNKNOWN,
-                    f"the services of uid {uid} are no longer registered to this node", method,
-                )
-            trust = self._store.trust
-            if trust is not None and trust.sequence != last:
-                last = trust.sequence
-                yield workload_pb2.JWTBundlesResponse(
-                    bundles={self._bundles_key(): trust.jwks_json}
-                )
-            await self._store.wait_change(seen)
+        async for trust in self._trust_changes(context, "FetchJWTBundles"):
+            yield workload_pb2.JWTBundlesResponse(bundles={self._bundles_key(): trust.jwks_json})
 
     async def FetchJWTSVID(
         self, request: workload_pb2.JWTSVIDRequest, context: grpc.aio.ServicerContext[Any, Any]

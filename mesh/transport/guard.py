@@ -75,18 +75,26 @@ class _Verified:
     decisions: dict[str, Decision] = field(default_factory=dict)
 
 
-def bearer_token(metadata: Metadata) -> str:
-    """The token of the one ``authorization: Bearer`` entry; raise TokenMissing/Malformed."""
+def _authorization(metadata: Metadata, missing: str) -> tuple[str, str]:
+    """The scheme and the rest of the one text ``authorization`` entry; raise TokenMissing
+    (with ``missing``) or TokenMalformed."""
     found: list[str | bytes] = [v for k, v in metadata if k == "authorization"]
     if not found:
-        raise TokenMissing("the call carries no 'authorization: Bearer <token>' metadata "
-                           "(spec 3.5); every mesh call needs a token")
+        raise TokenMissing(missing)
     if len(found) > 1:
         raise TokenMalformed("the call carries more than one authorization entry; send one")
     value = found[0]
     if isinstance(value, bytes):
         raise TokenMalformed("the authorization metadata must be text, not binary")
     scheme, _, token = value.partition(" ")
+    return scheme, token
+
+
+def bearer_token(metadata: Metadata) -> str:
+    """The token of the one ``authorization: Bearer`` entry; raise TokenMissing/Malformed."""
+    scheme, token = _authorization(
+        metadata, "the call carries no 'authorization: Bearer <token>' metadata (spec 3.5); "
+        "every mesh call needs a token")
     if scheme.lower() != "bearer" or not token:
         raise TokenMalformed("the authorization metadata must read 'Bearer <token>'")
     return token.strip()
@@ -95,16 +103,9 @@ def bearer_token(metadata: Metadata) -> str:
 def edge_authorization(metadata: Metadata) -> tuple[str, str]:
     """The scheme (``DPoP`` or ``Bearer``, as sent) and token of the one ``authorization``
     entry at an edge port (spec 3.5, 4.7); raise TokenMissing/Malformed."""
-    found: list[str | bytes] = [v for k, v in metadata if k == "authorization"]
-    if not found:
-        raise TokenMissing("the call carries no 'authorization: DPoP <user token>' metadata "
-                           "(spec 3.5, 4.7); every call to this edge port needs a user token")
-    if len(found) > 1:
-        raise TokenMalformed("the call carries more than one authorization entry; send one")
-    value = found[0]
-    if isinstance(value, bytes):
-        raise TokenMalformed("the authorization metadata must be text, not binary")
-    scheme, _, token = value.partition(" ")
+    scheme, token = _authorization(
+        metadata, "the call carries no 'authorization: DPoP <user token>' metadata "
+        "(spec 3.5, 4.7); every call to this edge port needs a user token")
     if scheme.lower() not in ("dpop", "bearer") or not token.strip():
         raise TokenMalformed("the authorization metadata must read 'DPoP <user token>' "
                              "(spec 3.5, 4.7)")
