@@ -96,9 +96,9 @@ def _temp_name(final: str) -> str:
 TEMP_NAME = re.compile(r"\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp")
 
 
-def write_new(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
-    """Create ``path`` (it must not exist) 0600, write and fsync ``data``, then set ``mode``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _fill(fd: int, name: str | Path, data: bytes, mode: int) -> None:
+    """Write and fsync ``data`` into the new 0600 file open on ``fd``, then set ``mode``; on
+    any failure, ``name`` (that file) is removed."""
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -108,24 +108,20 @@ def write_new(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
                 os.fchmod(fh.fileno(), mode)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(name)
         raise
+
+
+def write_new(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
+    """Create ``path`` (it must not exist) 0600, write and fsync ``data``, then set ``mode``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    _fill(fd, path, data, mode)
 
 
 def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     # mkstemp: O_CREAT | O_EXCL, mode 0600, name ".<final>.<8 random>.tmp" (TEMP_NAME).
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-            if mode != 0o600:
-                os.fchmod(fh.fileno(), mode)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _fill(fd, tmp, data, mode)
     return Path(tmp)
 
 
