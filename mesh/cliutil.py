@@ -70,6 +70,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def read_input(path: str | Path, what: str) -> bytes:
     """The bytes of ``path``, or of stdin for ``-``; :class:`UsageError` naming ``what`` if
     the file cannot be read."""

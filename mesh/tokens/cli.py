@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 from cryptography import x509
 
-from mesh.cliutil import UsageError, read_input, stdin_at_most_once
+from mesh.cliutil import UsageError, non_negative_int, read_input, stdin_at_most_once
 from mesh.errors import CallRefused, InvalidSpiffeIdError, MeshError
 from mesh.identity.bundle import FileBundleSource
 from mesh.identity.certs import load_pem_chain
@@ -103,9 +103,9 @@ def register(commands: Any) -> None:
                         "(default: now)")
     verify.add_argument("--max-size", type=_positive, metavar="BYTES",
                         help="the token size limit (default: 8192)")
-    verify.add_argument("--max-depth", type=_non_negative, metavar="WRAPS",
+    verify.add_argument("--max-depth", type=non_negative_int, metavar="WRAPS",
                         help="the most app-asserted wraps around the user token (default: 4)")
-    verify.add_argument("--leeway", type=_non_negative, metavar="SECONDS",
+    verify.add_argument("--leeway", type=non_negative_int, metavar="SECONDS",
                         help="allowed clock skew for exp, iat and nbf (default: 30)")
     verify.add_argument("--max-lifetime", action="append", default=[], type=_kind_seconds,
                         metavar="KIND=SECONDS",
@@ -161,18 +161,8 @@ def _unix_seconds(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
 def _positive(text: str) -> int:
-    value = _non_negative(text)
+    value = non_negative_int(text)
     if value == 0:
         raise argparse.ArgumentTypeError("0 is not a positive number")
     return value

@@ -10,15 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+from mesh.cliutil import non_negative_int
 
 
 def _seconds(text: str) -> float:
@@ -63,7 +55,7 @@ def configure_call(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="an order line; a SKU alone means one")
     listing = actions.add_parser("list", help="list the user's orders (newest first)",
                                  description="List the user's orders, newest first.")
-    listing.add_argument("--limit", type=_non_negative, default=0,
+    listing.add_argument("--limit", type=non_negative_int, default=0,
                          help="at most this many orders, 0 for all (default: 0)")
     token = actions.add_parser("token", help="log in and print the user token (to pipe into "
                                "'mesh token verify -')",
