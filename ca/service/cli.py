@@ -134,7 +134,7 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
                    "0 when the agent port is 0)")
     p.add_argument("--ready-file", metavar="FILE",
                    help="once serving, write the bound addresses and the root fingerprint here "
-                   "as JSON (default: no file)")
+                   "as JSON, making its folder if needed (default: no file)")
     p.add_argument("--agent-ttl", default="1h", metavar="DURATION",
                    help="lifetime of agent SVIDs (default: %(default)s)")
     p.add_argument("--server-ttl", default="1h", metavar="DURATION",
@@ -237,7 +237,9 @@ def _serve(args: argparse.Namespace, folder: Path) -> int:
                     "server_name": ca_dns_name(ca.trust_domain),
                     "pid": os.getpid(),
                 }
-                fsio.atomic_write(Path(args.ready_file), json.dumps(ready).encode() + b"\n")
+                ready_file = Path(args.ready_file)
+                ready_file.parent.mkdir(parents=True, exist_ok=True)
+                fsio.atomic_write(ready_file, json.dumps(ready).encode() + b"\n")
             print(f"mesh-ca: serving the CA of trust domain {ca.trust_domain} as "
                   f"{ca_dns_name(ca.trust_domain)}")
             print(f"  agent port (mutual TLS):        {addresses.agent}")

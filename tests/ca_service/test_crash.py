@@ -34,13 +34,13 @@ class Served:
             env[ENV] = crash_at
         self.proc = subprocess.Popen(
             [str(MESH_CA), "serve", "--ca-dir", str(ca_dir), "--listen", "127.0.0.1:0",
-             "--ready-file", str(ca_dir.parent / "ready.json")],
+             "--ready-file", str(ca_dir.parent / "run" / "ready.json")],  # folder made
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         assert self.proc.stdout is not None
         lines = [self.proc.stdout.readline() for _ in range(4)]  # returns once it serves
         assert "root fingerprint" in lines[-1], (lines, self.proc.stderr)
-        ready = json.loads((ca_dir.parent / "ready.json").read_text())
+        ready = json.loads((ca_dir.parent / "run" / "ready.json").read_text())
         roots = cc.roots_by_fingerprint(ready["attest_address"], ready["root_fingerprint"],
                                         ready["server_name"])
         self.endpoint = cc.CAEndpoint(ready["agent_address"], ready["attest_address"],

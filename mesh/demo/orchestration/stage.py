@@ -263,7 +263,6 @@ class Stage:
     def start_ca_service(self, *, timeout: float = 30.0) -> CaService:
         """``mesh-ca serve`` on two free loopback ports, supervised like the services."""
         ready = self.state / "ready" / "ca.json"
-        ready.parent.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
         child = self.sup.start("ca", [_tool("mesh-ca"), "serve", "--ca-dir", str(self.ca_dir),
                                       "--listen", "127.0.0.1:0", "--ready-file", str(ready)])
