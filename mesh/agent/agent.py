@@ -6,7 +6,7 @@ Workload API servers and the ``SO_PEERCRED`` accept loop. Keys are made here and
 the host; the CA sees CSRs only.
 
 Rotation timeline of one SVID (``mesh.agent.schedule``): issued at ``t0`` with life ``L``;
-renewal starts at a random point in ``[0.30 L, 0.38 L]`` and the new SVID is served
+renewal starts at a random point in ``[0.25 L, 0.33 L]`` and the new SVID is served
 before ``0.5 L`` (after a key-propagation hold of at most ``0.1 L``); on failure the agent
 retries with capped exponential backoff and keeps serving the current SVID; at ``t0 + L`` the
 SVID is

@@ -1,14 +1,16 @@
 """When to renew an SVID and how long to wait after a failed attempt.
 
-Renewal: at a random point between 30 % and 38 % of the certificate's life, counted from the
+Renewal: at a random point between 25 % and 33 % of the certificate's life, counted from the
 moment the agent received it to ``not_after`` (the CA backdates ``notBefore`` a minute for clock
 skew; that minute is not life the agent can use). The renewed SVID is served after its key has
 reached this node's bundle and a key-propagation hold of at most :data:`PROPAGATION_SHARE` of
-the life, so with a reachable CA a service never holds a certificate older than half its life
-(SPIRE's agent rotates at one half). The jitter spreads the renewals of SVIDs issued together (a
-node's services after a restart, a fleet after a CA outage) so they do not reach the CA at the
-same instant every cycle. An SVID has at least 62 % of its life left when its renewal starts:
-the time the agent has to ride out a CA outage.
+the life: by 43 % of the life at the latest, which leaves 7 % (four minutes of a one-hour SVID)
+for the CA's answer and for the service to pick the new SVID up (a folder source polls every
+second). So with a reachable CA a service never holds a certificate older than half its life
+(SPIRE's agent starts rotating at one half). The jitter spreads the renewals of SVIDs issued
+together (a node's services after a restart, a fleet after a CA outage) so they do not reach the
+CA at the same instant every cycle. An SVID has at least 67 % of its life left when its renewal
+starts: the time the agent has to ride out a CA outage.
 
 Retries: capped exponential backoff with full jitter (a random wait between 0 and
 ``min(cap, base * 2**attempt)``), and never later than the moment the certificate expires, so
@@ -20,10 +22,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-RENEW_EARLIEST = 0.30
-RENEW_LATEST = 0.38
+RENEW_EARLIEST = 0.25
+RENEW_LATEST = 0.33
 #: the longest key-propagation hold, as a share of the new SVID's life: RENEW_LATEST plus this
-#: stays under one half, with room for the CA's answer
+#: stays under one half, with room for the CA's answer and the delivery to the service
 PROPAGATION_SHARE = 0.10
 
 

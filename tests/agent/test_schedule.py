@@ -16,9 +16,10 @@ from mesh.agent.schedule import PROPAGATION_SHARE, RENEW_LATEST, Backoff, renewa
        st.integers(min_value=0, max_value=2**32))
 def test_a_renewal_is_served_before_half_the_life(start: float, life: float, seed: int) -> None:
     at = renewal_time(start, start + life, random.Random(seed))
-    assert start + 0.29 * life <= at <= start + RENEW_LATEST * life + 1e-6
+    assert start + 0.25 * life - 1e-6 <= at <= start + RENEW_LATEST * life + 1e-6
     longest_hold = PROPAGATION_SHARE * life
-    assert (at - start) + longest_hold <= 0.5 * life - 0.01 * life  # room for the CA's answer
+    # room for the CA's answer and the delivery (a folder source polls every second): 5 %
+    assert (at - start) + longest_hold <= 0.45 * life
 
 
 @given(st.integers(min_value=0, max_value=60), st.integers(min_value=0, max_value=2**32))

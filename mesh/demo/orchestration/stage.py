@@ -81,7 +81,8 @@ VIA_WORKLOAD_API = frozenset({"reporting"})
 # Short lives, so that renewals happen during the story: the agent renews at about a third of
 # the life. auth signs user tokens for 15 minutes and a token never outlives the certificate
 # that signed it (spec 3.3), so auth's SVIDs live longer than its tokens.
-SVID_TTL = "20s"
+SVID_SECONDS = 20
+SVID_TTL = f"{SVID_SECONDS}s"
 TTL = {"auth": "1h"}
 
 
@@ -290,7 +291,10 @@ class Stage:
                 "--ca-attest", self.ca_service.attest,
                 "--ca-fingerprint", self.ca_service.fingerprint, "--node", node,
                 "--state", str(self.nodes / node / "state"), "--socket", str(self.socket(node)),
-                "--sync-interval", "5", "--retry-max", "2"]
+                "--sync-interval", "5", "--retry-max", "2",
+                # one host: every agent hears of a new key at once; a 1 s hold keeps the
+                # renewal well inside half of a 20 s life
+                "--key-propagation", "1"]
         for service in NODES[node]:
             if service not in VIA_WORKLOAD_API:
                 argv += ["--write", f"{service}={self.ids / service}"]
