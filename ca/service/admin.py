@@ -29,7 +29,7 @@ MAX_TOKEN_TTL = timedelta(days=7)
 DEFAULT_SVID_TTL = timedelta(hours=1)
 MIN_SVID_TTL = timedelta(minutes=1)
 #: the floor of ``mesh-ca register --allow-short-ttl``: demos that show several renewals in a
-#: minute (a 20 s SVID renews about every 7 s)
+#: minute (a 20 s SVID renews about every 6 s)
 SHORT_SVID_TTL = timedelta(seconds=10)
 #: the lowest ``min_ttl`` a caller of :func:`register` may lower the floor to
 SHORTEST_SVID_TTL = timedelta(seconds=2)

@@ -163,7 +163,7 @@ def register(sub: Any, *, add_ca_dir: AddCaDir, ca_dir: CaDir) -> None:
                    help="lifetime of the service's SVIDs, 1m to 30d (default: %(default)s)")
     p.add_argument("--allow-short-ttl", action="store_true",
                    help="let --ttl go down to 10s, for demos and tests: the agent renews at "
-                   "about a third of the life (default: off)")
+                   "a quarter to a third of the life (default: off)")
     add_ca_dir(p)
     p.set_defaults(handler=cmd_register)
 

@@ -78,9 +78,9 @@ NODES: dict[str, tuple[str, ...]] = {
     "node-b": ("reporting",),
 }
 VIA_WORKLOAD_API = frozenset({"reporting"})
-# Short lives, so that renewals happen during the story: the agent renews at about a third of
-# the life. auth signs user tokens for 15 minutes and a token never outlives the certificate
-# that signed it (spec 3.3), so auth's SVIDs live longer than its tokens.
+# Short lives, so that renewals happen during the story: the agent renews at a quarter to a
+# third of the life. auth signs user tokens for 15 minutes and a token never outlives the
+# certificate that signed it (spec 3.3), so auth's SVIDs live longer than its tokens.
 SVID_SECONDS = 20
 SVID_TTL = f"{SVID_SECONDS}s"
 TTL = {"auth": "1h"}
