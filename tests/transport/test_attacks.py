@@ -15,13 +15,13 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.calls import first_refusal, refusal
 
 from mesh.dpop import DpopClient
 from mesh.policy import Policy, Rule
 from mesh.tokens.signer import TokenSigner
 from mesh.transport.audit import LOGGER_NAME as AUDIT_LOGGER
 from mesh.transport.errors import UserRequiredError
-from mesh.transport.status import error_info
 
 UNARY = "/test.v1.Echo/Unary"
 PEM = serialization.Encoding.PEM
@@ -40,13 +40,6 @@ def raw_channel(port: int, callee_dns: str, *, key: bytes | None, chain: bytes |
                                options=[("grpc.ssl_target_name_override", callee_dns)])
 
 
-def fails(call: Any) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as exc:
-        call()
-    info = error_info(exc.value)
-    return exc.value.code(), info.reason if info else ""
-
-
 def app_policy(*peers: str) -> Policy:
     return Policy([Rule(methods=("*",), peers=peers, require_user=False)])
 
@@ -55,7 +48,7 @@ def test_no_client_certificate_fails_the_handshake(mesh: Any) -> None:
     port = mesh.serve("orders", app_policy("gateway"))
     _, _, roots = pem_files(mesh, "orders")
     plain = raw_channel(port, "orders.svc.mesh.internal", key=None, chain=None, roots=roots)
-    code, reason = fails(lambda: plain.unary_unary(UNARY)(b"x", timeout=5))
+    code, reason = refusal(lambda: plain.unary_unary(UNARY)(b"x", timeout=5))
     assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "")  # NOTES: handshake failure
     # control: the same server answers a caller with a certificate
     ok = mesh.channel(port, "orders", mesh.identity("gateway")).unary_unary(UNARY)(b"x", timeout=5)
@@ -74,7 +67,7 @@ def test_certificate_from_another_ca_fails_the_handshake(mesh: Any, ca_factory: 
     chain = b"".join(c.public_bytes(PEM) for c in rogue.chain)
     channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain,
                           roots=our_roots)
-    assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+    assert refusal(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
         grpc.StatusCode.UNAVAILABLE, "")
     channel.close()
 
@@ -87,17 +80,9 @@ def test_revoked_certificate_is_refused_even_on_an_open_connection(
     call = channel.unary_unary(UNARY)
     assert json.loads(call(b"x", timeout=5))["chain"] == ["gateway"]  # control
     mesh.ca.revoke(name="gateway")
-    deadline = time.monotonic() + 5
-    result: tuple[grpc.StatusCode, str] = (grpc.StatusCode.OK, "")
-    while time.monotonic() < deadline:  # the CRL file is re-read within check_interval
-        try:
-            call(b"x", timeout=5)
-        except grpc.RpcError as err:
-            info = error_info(err)
-            result = (err.code(), info.reason if info else "")
-            break
-        time.sleep(0.05)
-    assert result == (grpc.StatusCode.UNAUTHENTICATED, "CERT_REVOKED")
+    # the CRL file is re-read within check_interval
+    assert first_refusal(lambda: call(b"x", timeout=5)) == (
+        grpc.StatusCode.UNAUTHENTICATED, "CERT_REVOKED")
     # The audit names who was refused (unverified, as "presented"), never as the peer.
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == AUDIT_LOGGER]
     assert (lines[0]["peer"], lines[0]["decision"]) == (
@@ -117,7 +102,7 @@ def test_stolen_token_replayed_over_another_services_connection(mesh: Any) -> No
     chain, key, roots = pem_files(mesh, "inventory")
     thief = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
     md = (("authorization", "Bearer " + stolen),)
-    assert fails(lambda: thief.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
+    assert refusal(lambda: thief.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "PEER_MISMATCH")
     # control: over the victim's own connection the same token is accepted
     gw_chain, gw_key, _ = pem_files(mesh, "gateway")
@@ -134,7 +119,7 @@ def test_call_without_token_is_unauthenticated(mesh: Any) -> None:
     mesh.identity("inventory")
     chain, key, roots = pem_files(mesh, "inventory")
     channel = raw_channel(port, "orders.svc.mesh.internal", key=key, chain=chain, roots=roots)
-    assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+    assert refusal(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
     channel.close()
 
@@ -152,7 +137,7 @@ def test_chain_that_skipped_a_required_hop(mesh: Any) -> None:
     with mesh.as_user_call("gateway", token):
         # the attack: gateway calls payments directly, skipping orders
         skipped = mesh.channel(payments_port, "payments", gateway)
-        assert fails(lambda: skipped.unary_unary(UNARY)(b"x", timeout=5)) == (
+        assert refusal(lambda: skipped.unary_unary(UNARY)(b"x", timeout=5)) == (
             grpc.StatusCode.PERMISSION_DENIED, "CHAIN_NOT_ALLOWED")
         # control: through orders it is allowed
         via_orders = mesh.channel(orders_port, "orders", gateway)
@@ -165,7 +150,7 @@ def test_user_missing_a_scope(mesh: Any) -> None:
                                             scopes=("orders:write",))]))
     channel = mesh.channel(port, "orders", mesh.identity("gateway"))
     with mesh.as_user_call("gateway", mesh.user_token(sub="alice", scope="orders:read")):
-        assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+        assert refusal(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
             grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
     with mesh.as_user_call("gateway", mesh.user_token(sub="bob", scope="orders:read orders:write")):
         assert json.loads(channel.unary_unary(UNARY)(b"x", timeout=5))["user"] == "bob"
@@ -181,7 +166,7 @@ def test_expired_token_is_refused_by_the_callee(mesh: Any) -> None:
     orders = mesh.td.service("orders")
     past = TokenSigner(gateway.private_key, gateway.chain, clock=lambda: time.time() - 120)
     md = (("authorization", "Bearer " + past.app_token(orders, ttl=60)),)
-    assert fails(lambda: channel.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
+    assert refusal(lambda: channel.unary_unary(UNARY)(b"x", metadata=md, timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
     fresh = (("authorization", "Bearer " + TokenSigner(gateway.private_key, gateway.chain)
               .app_token(orders)),)
@@ -193,7 +178,7 @@ def test_method_without_rule_is_denied_by_default(mesh: Any) -> None:
     port = mesh.serve("orders", Policy([Rule(methods=("/other.v1.Svc/Get",), peers=("*",),
                                             require_user=False)]))
     channel = mesh.channel(port, "orders", mesh.identity("gateway"))
-    assert fails(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
+    assert refusal(lambda: channel.unary_unary(UNARY)(b"x", timeout=5)) == (
         grpc.StatusCode.PERMISSION_DENIED, "NO_POLICY_RULE")
 
 
@@ -215,11 +200,11 @@ def test_health_needs_mtls_but_no_token(mesh: Any) -> None:
     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     without = raw_channel(port, "orders.svc.mesh.internal", key=None, chain=None, roots=roots)
-    code, _ = fails(lambda: health_pb2_grpc.HealthStub(without).Check(
+    code, _ = refusal(lambda: health_pb2_grpc.HealthStub(without).Check(
         health_pb2.HealthCheckRequest(service=""), timeout=5))
     assert code == grpc.StatusCode.UNAVAILABLE
     # the same gateway is refused on a real method: health is the only tokenless door
-    assert fails(lambda: mesh.channel(port, "orders", gateway).unary_unary(UNARY)(
+    assert refusal(lambda: mesh.channel(port, "orders", gateway).unary_unary(UNARY)(
         b"x", timeout=5)) == (grpc.StatusCode.PERMISSION_DENIED, "PEER_NOT_ALLOWED")
     with_cert.close()
     without.close()
@@ -239,12 +224,12 @@ def test_edge_port_accepts_user_tokens_only(mesh: Any) -> None:
     app = TokenSigner(inv.private_key, inv.chain).app_token(mesh.td.service("gateway"))
     for md in ((("authorization", "Bearer " + app),),
                mesh.edge_metadata("gateway", UNARY, app, client)):
-        code, reason = fails(lambda md=md: outside.unary_unary(UNARY)(b"x", metadata=md,
+        code, reason = refusal(lambda md=md: outside.unary_unary(UNARY)(b"x", metadata=md,
                                                                        timeout=5))
         assert code == grpc.StatusCode.UNAUTHENTICATED and reason == "TYPE_MISMATCH"
     # a user token for another service is rejected too
     other = mesh.edge_metadata(
         "gateway", UNARY, mesh.bound_user_token(client, sub="alice", aud="orders"), client)
-    assert fails(lambda: outside.unary_unary(UNARY)(b"x", metadata=other, timeout=5)) == (
+    assert refusal(lambda: outside.unary_unary(UNARY)(b"x", metadata=other, timeout=5)) == (
         grpc.StatusCode.UNAUTHENTICATED, "AUDIENCE_MISMATCH")
     outside.close()

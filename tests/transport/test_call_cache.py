@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from support.calls import refusal
 
 from mesh.dpop import DpopClient
 from mesh.identity.bundle import FileBundleSource
@@ -24,7 +25,6 @@ from mesh.tokens.signer import TokenSigner
 from mesh.tokens.verify import ChainVerifier
 from mesh.transport.audit import LOGGER_NAME, AuditLog
 from mesh.transport.guard import CallGuard, Rejected
-from mesh.transport.status import error_info
 
 UNARY = "/test.v1.Echo/Unary"
 STREAM = "/test.v1.Echo/ServerStream"
@@ -38,13 +38,6 @@ def raw_channel(mesh: Any, port: int, client: str) -> grpc.Channel:
     return grpc.secure_channel(f"127.0.0.1:{port}", creds,
                                options=[("grpc.ssl_target_name_override",
                                          "orders.svc.mesh.internal")])
-
-
-def refusal(call: Any) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as exc:
-        call()
-    info = error_info(exc.value)
-    return exc.value.code(), info.reason if info else ""
 
 
 def app_token(mesh: Any, name: str) -> str:
