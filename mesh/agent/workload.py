@@ -110,11 +110,7 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         last: bytes | None = None
         while True:
             seen = self._store.version
-            if not self._store.entitled(uid):
-                await _refuse(
-                    context, Reason.WORKLOAD_UNKNOWN,
-                    f"the services of uid {uid} are no longer registered to this node", method,
-                )
+            await self._still_entitled(context, uid, method)
             resp = self._x509_response(uid)
             if resp is None:
                 await _refuse(
@@ -128,6 +124,15 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 last = wire
                 yield resp
             await self._wait(seen)
+
+    async def _still_entitled(self, context: grpc.aio.ServicerContext[Any, Any], uid: int,
+                              method: str) -> None:
+        """End a stream (WORKLOAD_UNKNOWN) once the caller's uid has no service here."""
+        if not self._store.entitled(uid):
+            await _refuse(
+                context, Reason.WORKLOAD_UNKNOWN,
+                f"the services of uid {uid} are no longer registered to this node", method,
+            )
 
     async def _wait(self, seen: int) -> None:
         now = time.time()
@@ -146,11 +151,7 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         last = -1
         while True:
             seen = self._store.version
-            if not self._store.entitled(uid):
-                await _refuse(
-                    context, Reason.WORKLOAD_UNKNOWN,
-                    f"the services of uid {uid} are no longer registered to this node", method,
-                )
+            await self._still_entitled(context, uid, method)
             trust = self._store.trust
             if trust is not None and trust.sequence != last:
                 last = trust.sequence
