@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import grpc
+from cryptography import x509
 
 from mesh.demo.client import stubs as client
 from mesh.demo.orchestration.stage import NODES, SVID_SECONDS, SVID_TTL, TTL, USERS, Stage
@@ -488,7 +489,7 @@ class Story:
         with self.guarded("4 renewals under traffic", "no failed call"):
             self.out.line("$ mesh agent status --socket " + _rel(stage.socket("node-a")), 2)
             self.out.line(stage.agent_status("node-a").rstrip(), 4)
-            first = {s: stage.served_certificate(s).serial_number for s in watched}
+            first = {s: stage.served_certificate(s) for s in watched}
             traffic.start()
             self.out.line(f"traffic running; watching the certificate each of "
                           f"{', '.join(watched)} serves to new connections", 2)
@@ -519,24 +520,24 @@ class Story:
                        traffic.ok > 0 and not failed)
         traffic.stop()
 
-    def _wait_renewed(self, first: dict[str, int], *, timeout: float
+    def _wait_renewed(self, first: dict[str, x509.Certificate], *, timeout: float
                       ) -> tuple[dict[str, list[int]], list[float]]:
         """The serials each service served, probed until every one changed once; and, for
         each change seen, how much of the replaced certificate's life had passed (its life
         taken as the registered one, ending at its ``notAfter``)."""
-        seen = {service: [serial] for service, serial in first.items()}
-        not_after: dict[str, float] = {}
+        seen = {service: [cert.serial_number] for service, cert in first.items()}
+        not_after = {service: cert.not_valid_after_utc.timestamp()
+                     for service, cert in first.items()}
         shares: list[float] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for service, serials in seen.items():
                 cert = self.stage.served_certificate(service)
                 if cert.serial_number != serials[-1]:
-                    if service in not_after:  # the replaced one was seen from its start
-                        issued = not_after[service] - SVID_SECONDS
-                        shares.append((time.time() - issued) / SVID_SECONDS)
+                    shares.append((time.time() - (not_after[service] - SVID_SECONDS))
+                                  / SVID_SECONDS)
                     serials.append(cert.serial_number)
-                not_after[service] = cert.not_valid_after_utc.timestamp()
+                    not_after[service] = cert.not_valid_after_utc.timestamp()
             if all(len(serials) > 1 for serials in seen.values()):
                 break
             time.sleep(0.2)
