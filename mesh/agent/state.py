@@ -20,11 +20,9 @@ folder). The SVID folders switch their five files as one (:mod:`mesh.agent.folde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +33,12 @@ from mesh.agent.errors import AgentConfigError, AgentError
 from mesh.agent.folder import CRL_FILE, SPIFFE_BUNDLE_FILE, FolderContent, SvidFolderWriter
 from mesh.agent.model import HeldSvid, TrustState, hold, trust_from
 from mesh.agent.store import Registration
+from mesh.fsio import write_atomic
 from mesh.identity.svid import BUNDLE_FILE, KEY_FILE, SVID_FILE
 
 NODE_FILE = "node.json"
 REGISTRATIONS_FILE = "registrations.json"
 STATUS_FILE = "status.json"
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def folder_content(svid: HeldSvid, trust: TrustState) -> FolderContent:

@@ -12,16 +12,15 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mesh.demo.errors import InvalidCredentials, UsersFileError
+from mesh.fsio import write_atomic
 
 FORMAT_VERSION = 1
 # scrypt work factor: 16 MiB of memory and tens of milliseconds per check (RFC 7914 section 2
@@ -205,17 +204,7 @@ def write_users_file(path: Path, users: Iterable[DemoUser]) -> None:
         {"version": FORMAT_VERSION, "users": [_user_to_json(u) for u in users]}, indent=2
     ).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o600)
 
 
 class UserStore:
