@@ -225,15 +225,13 @@ def _check_header(h64: str) -> HeaderKey:
     header = _object(_decode(h64, "header"), "header")
     typ = header.get("typ")
     if typ != DPOP_TYP:
-        shown = typ if isinstance(typ, str) and len(typ) <= 40 else "(missing or not a string)"
-        raise DpopTypeInvalid(f"the proof's typ {shown!r} is not {DPOP_TYP!r}, so it is not a "
-                              "DPoP proof (spec 4.7)")
+        raise DpopTypeInvalid(f"the proof's typ {jose.shown(typ, 40)!r} is not {DPOP_TYP!r}, "
+                              "so it is not a DPoP proof (spec 4.7)")
     alg = header.get("alg")
     if alg != ALGORITHM:
-        shown = alg if isinstance(alg, str) and len(alg) <= 16 else "(missing or not a string)"
         raise DpopAlgorithmNotAllowed(
-            f"the DPoP proof's algorithm {shown!r} is not allowed; only {ALGORITHM} is accepted "
-            "(never none, never a symmetric algorithm) (spec 4.7)"
+            f"the DPoP proof's algorithm {jose.shown(alg, 16)!r} is not allowed; only "
+            f"{ALGORITHM} is accepted (never none, never a symmetric algorithm) (spec 4.7)"
         )
     if header.keys() != HEADER_MEMBERS:
         extra = ", ".join(repr(k[:20]) for k in sorted(header.keys() - HEADER_MEMBERS)[:5])

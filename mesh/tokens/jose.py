@@ -238,6 +238,13 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def shown(value: Any, limit: int) -> str:
+    """A header value fit to quote in a refusal: a short string as it is, anything else
+    (absent, another type, long enough to flood a log) named instead."""
+    return value if isinstance(value, str) and len(value) <= limit else (
+        "(missing or not a string)")
+
+
 def split(token: str) -> tuple[str, str, str]:
     if not isinstance(token, str):
         raise TokenMalformed("a token must be text (a JWS compact serialisation)")
@@ -298,10 +305,9 @@ def _check_header(h64: str) -> tuple[str, str]:
     header = json_object(raw, "header")
     alg = header.get("alg")
     if alg != ALGORITHM:
-        shown = alg if isinstance(alg, str) and len(alg) <= 16 else "(missing or not a string)"
         raise AlgorithmNotAllowed(
-            f"the token's algorithm {shown!r} is not allowed; only {ALGORITHM} is accepted "
-            "(spec 3.2, 4.3)"
+            f"the token's algorithm {shown(alg, 16)!r} is not allowed; only {ALGORITHM} is "
+            "accepted (spec 3.2, 4.3)"
         )
     if header.keys() != HEADER_MEMBERS:
         extra = sorted(header.keys() - HEADER_MEMBERS)
